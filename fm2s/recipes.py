@@ -1,0 +1,236 @@
+"""Recipes and microscope presets: the constants of FM2S, kept as data.
+
+A *recipe* fixes the network and the training schedule; a *preset* (chosen by
+``microscope``) fixes the noise model. ``paper`` is the recipe of the FM2S paper
+(arXiv 2412.10031 v1), ``v2`` the authors' later code, and ``fast`` (the
+default) is this project's own, which trains on random crops to reach the
+quality of ``v2`` in a fraction of its time (see README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+RECIPES = ("fast", "paper", "v2")
+MICROSCOPES = ("confocal", "twophoton", "widefield", "generic")
+DEFAULT_RECIPE = "fast"
+DEFAULT_MICROSCOPE = "confocal"
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Parameters of FM2S's noise synthesis (steps 1-3 of the method).
+
+    Parameters
+    ----------
+    amplification
+        Channel amplification lambda: the image is repeated this many times.
+    stride
+        Side of the square windows in which the regional noise level is set.
+    median
+        Window of the median filter that makes the training target.
+    k_g, k_p
+        Gaussian and Poisson gains: sigma = k_g * m / 255, Poisson scale k_p / m,
+        where m is the window's mean intensity.
+    lambda_p
+        Scale of the overall Poisson noise added last.
+    mean_range
+        The window mean m is clamped to this range.
+    zero_padded_windows
+        If True, windows at the right and bottom edges are zero-padded to full
+        size before their mean is taken (``v2``); else partial windows are
+        averaged over their own pixels (``paper``).
+    """
+
+    amplification: int
+    stride: int
+    median: int
+    k_g: float
+    k_p: float
+    lambda_p: float
+    mean_range: tuple[float, float]
+    zero_padded_windows: bool
+
+    def __post_init__(self) -> None:
+        if self.amplification < 1:
+            raise ValueError("amplification must be >= 1")
+        if self.stride < 1:
+            raise ValueError("stride must be >= 1")
+        if self.median < 1 or self.median % 2 == 0:
+            raise ValueError("median window must be a positive odd number")
+        if min(self.k_g, self.k_p, self.lambda_p) <= 0:
+            raise ValueError("k_g, k_p and lambda_p must be positive")
+        lo, hi = self.mean_range
+        if not 0 < lo < hi:
+            raise ValueError("mean_range must satisfy 0 < low < high")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides one training run: recipe, preset and seed.
+
+    Parameters
+    ----------
+    recipe, microscope
+        Names of the recipe and the preset this config was made from.
+    noise
+        The noise model (from the preset).
+    kernels
+        Kernel sizes of the three convolutions.
+    warmup_steps
+        Steps that map the raw image itself to the target before noisy samples.
+    samples
+        Number of noisy samples drawn (noise redone for each).
+    steps_per_sample
+        Optimizer steps on each noisy sample.
+    lr
+        Adam learning rate.
+    lr_decay_every, lr_decay
+        Multiply the rate by ``lr_decay`` every ``lr_decay_every`` steps
+        (0 disables).
+    lr_final
+        If > 0, the rate follows a cosine from ``lr`` down to ``lr_final``
+        over the whole run instead.
+    crop
+        Side of the random square crops trained on; 0 trains on the full image.
+    batch
+        Crops per step (ignored for full-image training).
+    ema
+        If > 0, the weights returned are an exponential moving average of the
+        weights over the steps, with this decay per step.
+    input_mean
+        If > 0, the network input (and target) is multiplied by a gain that
+        brings the target's mean to this value, and the gain is folded back into
+        the weights after training: the same function, reached in fewer steps
+        on dim images.
+    normalization
+        ``dtype`` (8-bit images / 255, as published) or ``minmax`` (every image
+        mapped from its [min, max] to [0, 1]); see :mod:`fm2s.normalize`.
+    flips
+        Average the prediction over the image flipped along y, x and both
+        (test-time augmentation, inside the exported model).
+    seed
+        Seed of every random draw: weights, noise and crop positions.
+    """
+
+    recipe: str
+    microscope: str
+    noise: NoiseModel
+    kernels: tuple[int, int, int]
+    warmup_steps: int
+    samples: int
+    steps_per_sample: int
+    lr: float = 1e-3
+    lr_decay_every: int = 0
+    lr_decay: float = 1.0
+    lr_final: float = 0.0
+    crop: int = 0
+    batch: int = 1
+    ema: float = 0.0
+    input_mean: float = 0.0
+    normalization: str = "dtype"
+    flips: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if any(k < 1 or k % 2 == 0 for k in self.kernels):
+            raise ValueError("kernel sizes must be positive odd numbers")
+        if self.samples < 1 or self.steps_per_sample < 1 or self.warmup_steps < 0:
+            raise ValueError("samples and steps_per_sample must be >= 1, warmup_steps >= 0")
+        if self.lr <= 0 or self.lr_final < 0:
+            raise ValueError("learning rates must be positive")
+        if self.crop < 0 or self.batch < 1:
+            raise ValueError("crop must be >= 0 and batch >= 1")
+        if self.normalization not in ("dtype", "minmax"):
+            raise ValueError("normalization must be dtype or minmax")
+        if not 0 <= self.ema < 1 or self.input_mean < 0:
+            raise ValueError("ema must be in [0, 1) and input_mean >= 0")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError("seed must be in [0, 2**63)")
+
+    @property
+    def total_steps(self) -> int:
+        """Number of optimizer steps of the whole run."""
+        return self.warmup_steps + self.samples * self.steps_per_sample
+
+    @property
+    def halo(self) -> int:
+        """Receptive-field radius of the network, in pixels."""
+        return sum(k // 2 for k in self.kernels)
+
+
+def _noise(amp: int, stride: int, median: int, k_g: float, k_p: float, lam: float,
+           mean_range: tuple[float, float], padded: bool) -> NoiseModel:
+    return NoiseModel(amp, stride, median, k_g, k_p, lam, mean_range, padded)
+
+
+_PAPER_NOISE = _noise(2, 75, 3, 200, 30, 60, (0.01, 0.20), False)
+_V2_RANGE = (1e-5, 0.15)
+_V2_NOISE = {
+    "confocal": _noise(2, 75, 3, 200, 30, 70, _V2_RANGE, True),
+    "twophoton": _noise(2, 75, 3, 175, 30, 60, _V2_RANGE, True),
+    "widefield": _noise(1, 75, 11, 220, 45, 2000, _V2_RANGE, True),
+    "generic": _noise(6, 5, 3, 60, 40, 125, _V2_RANGE, True),
+}
+
+#: recipe name -> (schedule fields, microscope -> noise model, microscope -> schedule changes)
+_RECIPE_TABLE: dict[str, tuple[dict, dict[str, NoiseModel], dict[str, dict]]] = {
+    "paper": (
+        dict(kernels=(3, 3, 3), warmup_steps=0, samples=25, steps_per_sample=150,
+             lr=1e-3, lr_decay_every=1500, lr_decay=0.25),
+        {m: _PAPER_NOISE for m in MICROSCOPES},
+        {},
+    ),
+    "v2": (
+        dict(kernels=(5, 3, 5), warmup_steps=5, samples=450, steps_per_sample=5, lr=1e-3),
+        _V2_NOISE,
+        {},
+    ),
+    "fast": (
+        dict(kernels=(5, 3, 5), warmup_steps=5, samples=80, steps_per_sample=9, lr=4e-3,
+             lr_final=4e-4, crop=128, batch=4, ema=0.99, input_mean=0.5, normalization="minmax",
+             flips=True),
+        _V2_NOISE,
+        # a step costs in proportion to the amplification: same time, more steps
+        {"widefield": dict(samples=120)},
+    ),
+}
+
+
+def make_config(recipe: str = DEFAULT_RECIPE, microscope: str = DEFAULT_MICROSCOPE,
+                seed: int = 0, **overrides) -> TrainConfig:
+    """Build the validated config of a recipe and microscope preset.
+
+    Parameters
+    ----------
+    recipe
+        One of :data:`RECIPES`.
+    microscope
+        One of :data:`MICROSCOPES`.
+    seed
+        Seed of the run.
+    **overrides
+        Schedule fields to change (for experiments and tests), e.g. ``samples=3``.
+
+    Returns
+    -------
+    TrainConfig
+    """
+    if recipe not in _RECIPE_TABLE:
+        raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    if microscope not in MICROSCOPES:
+        raise ValueError(
+            f"unknown microscope {microscope!r}: choose one of {', '.join(MICROSCOPES)}")
+    schedule, noises, per_microscope = _RECIPE_TABLE[recipe]
+    fields = {**schedule, **per_microscope.get(microscope, {}), **overrides}
+    return TrainConfig(recipe=recipe, microscope=microscope, noise=noises[microscope],
+                       seed=seed, **fields)
+
+
+def with_noise(config: TrainConfig, **changes) -> TrainConfig:
+    """Return ``config`` with some noise-model fields changed."""
+    return replace(config, noise=replace(config.noise, **changes))
+
+
+__all__ = ["NoiseModel", "TrainConfig", "make_config", "with_noise", "RECIPES", "MICROSCOPES",
+           "DEFAULT_RECIPE", "DEFAULT_MICROSCOPE"]

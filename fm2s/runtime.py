@@ -1,0 +1,107 @@
+"""Running an exported FM2S model with onnxruntime on one array."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FM2SError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:  # pragma: no cover - depends on the install
+        raise FM2SError("onnxruntime is not installed: pip install 'fm2s-tile[cpu]' "
+                        "(or 'fm2s-tile[gpu]' for CUDA)") from None
+    return onnxruntime
+
+
+def choose_providers(provider: str = "auto") -> list[str]:
+    """onnxruntime execution providers for ``auto``, ``cpu`` or ``cuda``.
+
+    ``auto`` takes CUDA when this onnxruntime build offers it, else the CPU.
+    ``cuda`` fails with a clear message when the build has no CUDA provider.
+    """
+    available = _ort().get_available_providers()
+    if provider == "auto":
+        provider = "cuda" if PROVIDERS["cuda"] in available else "cpu"
+    if provider not in PROVIDERS:
+        raise FM2SError(f"unknown provider {provider!r}: choose auto, cpu or cuda")
+    if PROVIDERS[provider] not in available:
+        raise FM2SError(f"onnxruntime here has no {PROVIDERS[provider]} (it has "
+                        f"{', '.join(available)}): install onnxruntime-gpu or use --provider cpu")
+    if provider == "cuda":
+        try:  # make torch's CUDA/cuDNN libraries visible to onnxruntime when present
+            import torch  # noqa: F401
+        except ImportError:  # pragma: no cover
+            pass
+        # TF32 convolutions would make tiles differ from whole planes: keep full float32
+        return [(PROVIDERS["cuda"], {"use_tf32": "0"}), PROVIDERS["cpu"]]
+    return [PROVIDERS["cpu"]]
+
+
+class OnnxDenoiser:
+    """An FM2S ONNX model loaded into one onnxruntime session, reused for every call.
+
+    Parameters
+    ----------
+    model
+        Path of a ``.onnx`` file, or the serialized model bytes.
+    provider
+        ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, model: str | Path | bytes, provider: str = "auto") -> None:
+        ort = _ort()
+        if isinstance(model, (str, Path)):
+            path = Path(model)
+            if not path.is_file():
+                raise FM2SError(f"model file '{path}' does not exist: check the path")
+            data = path.read_bytes()
+            name = f"'{path}'"
+        else:
+            data, name = model, "the model"
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(data, options, providers=choose_providers(provider))
+        except FM2SError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise FM2SError(f"cannot load {name} as an ONNX model ({str(exc).splitlines()[0]}): "
+                            "pass a model saved by fm2s-tile --save-model") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "fm2s_version" not in meta:
+            raise FM2SError(f"{name} is an ONNX model but not one made by fm2s-tile: "
+                            "pass a model saved by fm2s-tile --save-model")
+        self.metadata: dict[str, str] = dict(meta)
+        self.input_name = self.session.get_inputs()[0].name
+
+    @property
+    def halo(self) -> int:
+        """Receptive-field radius of the model, in pixels."""
+        return int(self.metadata["halo"])
+
+    @property
+    def provider(self) -> str:
+        """The execution provider the session runs on."""
+        return self.session.get_providers()[0]
+
+    @property
+    def config(self) -> dict:
+        """The training config recorded in the model."""
+        return json.loads(self.metadata.get("config", "{}"))
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """Denoise a 2D image or an (N, H, W) stack; returns float32 of the same shape."""
+        image = np.asarray(image)
+        if image.ndim not in (2, 3):
+            raise FM2SError(f"the model takes 2D planes or (N, H, W) stacks, not {image.shape}")
+        batch = image.reshape((-1, 1) + image.shape[-2:]).astype(np.float32, copy=False)
+        out = self.session.run(None, {self.input_name: batch})[0]
+        return out.reshape(image.shape)

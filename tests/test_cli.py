@@ -1,0 +1,133 @@
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from fm2s.cli import app
+from fm2s.imageio import read_image, write_image
+
+runner = CliRunner()
+
+
+def _invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_the_commands():
+    res = _invoke("--help")
+    assert res.exit_code == 0
+    for name in ("train-and-apply", "apply", "demo"):
+        assert name in res.output
+    res = _invoke("train-and-apply", "--help")
+    assert "confocal" in res.output and "--seed" in res.output
+
+
+@pytest.fixture
+def small_png(tmp_path, noisy_and_truth):
+    noisy, _ = noisy_and_truth
+    img = np.clip(noisy.astype(np.int64) - 80, 0, 255).astype(np.uint8)
+    path = tmp_path / "cells.png"
+    write_image(path, img)
+    return path
+
+
+def test_train_and_apply_then_apply_reproduces_it(tmp_path, small_png):
+    before = small_png.read_bytes()
+    out, model = tmp_path / "out.png", tmp_path / "m.onnx"
+    res = _invoke("train-and-apply", small_png, "-o", out, "--save-model", model, "--seed", 3,
+                  "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    assert "steps on cpu" in res.output and len(res.output.strip().splitlines()) == 1
+    assert small_png.read_bytes() == before  # input untouched
+    denoised = read_image(out)
+    assert denoised.dtype == np.uint8 and denoised.shape == read_image(small_png).shape
+
+    out2 = tmp_path / "again.png"
+    res = _invoke("apply", model, small_png, "-o", out2, "--provider", "cpu")
+    assert res.exit_code == 0, res.output
+    diff = np.abs(read_image(out2).astype(int) - denoised.astype(int))
+    assert diff.max() <= 1
+
+    # the ONNX file alone, run on raw pixel values, gives the same image
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    raw = read_image(small_png).astype(np.float32)[None, None]
+    direct = np.clip(np.rint(sess.run(None, {"raw": raw})[0][0, 0]), 0, 255)
+    assert np.abs(direct - denoised).max() <= 1
+
+    # same seed, same result
+    out3 = tmp_path / "seeded.png"
+    _invoke("train-and-apply", small_png, "-o", out3, "--seed", 3, "--device", "cpu", "-q")
+    assert np.array_equal(read_image(out3), denoised)
+
+
+def test_default_output_and_float_tiff(tmp_path, noisy_and_truth):
+    noisy, _ = noisy_and_truth
+    src = tmp_path / "img.tif"
+    tifffile.imwrite(src, noisy.astype(np.float32) / 7.0)
+    res = _invoke("train-and-apply", src, "--device", "cpu", "-q", "--recipe", "v2")
+    assert res.exit_code == 0, res.output
+    out = read_image(tmp_path / "img.fm2s.tif")
+    assert out.dtype == np.float32 and out.shape == noisy.shape
+
+
+def _assert_clean_failure(res, tmp_path, before):
+    assert res.exit_code != 0
+    lines = [line for line in res.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert "Traceback" not in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "extension", "rgb", "tiny",
+                                  "recipe", "microscope", "seed", "device", "model_ext",
+                                  "same_as_input", "exists", "format_change"])
+def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, small_png, case):
+    from PIL import Image
+
+    args = {"input": small_png, "extra": []}
+    if case == "missing":
+        args["input"] = tmp_path / "nope.png"
+    elif case == "truncated":
+        bad = tmp_path / "bad.png"
+        bad.write_bytes(small_png.read_bytes()[:200])
+        args["input"] = bad
+    elif case == "extension":
+        bad = tmp_path / "img.jpg"
+        bad.write_bytes(b"\xff\xd8\xff")
+        args["input"] = bad
+    elif case == "rgb":
+        bad = tmp_path / "rgb.png"
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(bad)
+        args["input"] = bad
+    elif case == "tiny":
+        bad = tmp_path / "tiny.png"
+        Image.fromarray(np.zeros((4, 40), np.uint8)).save(bad)
+        args["input"] = bad
+    elif case == "recipe":
+        args["extra"] = ["--recipe", "best"]
+    elif case == "microscope":
+        args["extra"] = ["--microscope", "sem"]
+    elif case == "seed":
+        args["extra"] = ["--seed", "-4"]
+    elif case == "device":
+        args["extra"] = ["--device", "tpu"]
+    elif case == "model_ext":
+        args["extra"] = ["--save-model", str(tmp_path / "m.txt")]
+    elif case == "same_as_input":
+        args["extra"] = ["-o", str(small_png), "--overwrite"]
+    elif case == "exists":
+        args["extra"] = ["-o", str(small_png)]
+    elif case == "format_change":
+        args["extra"] = ["-o", str(tmp_path / "o.tif")]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = _invoke("train-and-apply", args["input"], *args["extra"])
+    _assert_clean_failure(res, tmp_path, before)
+
+
+def test_apply_with_a_bad_model(tmp_path, small_png):
+    bad = tmp_path / "m.onnx"
+    bad.write_bytes(b"not a model")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _assert_clean_failure(_invoke("apply", bad, small_png), tmp_path, before)
+    _assert_clean_failure(_invoke("apply", tmp_path / "none.onnx", small_png), tmp_path, before)

@@ -1,0 +1,52 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from fm2s import train
+from fm2s.export import Denoiser, to_onnx
+from fm2s.network import FM2SNet
+from fm2s.normalize import Normalization
+
+
+@pytest.mark.parametrize("flips", [False, True])
+def test_onnxruntime_reproduces_torch_with_dynamic_shapes(flips):
+    torch.manual_seed(0)
+    den = Denoiser(FM2SNet(2, 5, 3, 5), Normalization(100.0, 4000.0), flips=flips).eval()
+    model = to_onnx(den, {"fm2s_version": "x", "halo": "5"})
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for shape in [(1, 1, 16, 16), (3, 1, 37, 53)]:
+        x = np.random.default_rng(0).uniform(100, 4100, shape).astype(np.float32)
+        got = sess.run(None, {"raw": x})[0]
+        with torch.no_grad():
+            want = den(torch.from_numpy(x)).numpy()
+        assert got.shape == shape
+        np.testing.assert_allclose(got, want, atol=4100 * 1e-5)
+
+
+def test_output_is_clamped_to_the_normalized_range():
+    den = Denoiser(FM2SNet(1, 3, 3, 3), Normalization(10.0, 90.0)).eval()
+    with torch.no_grad():
+        den.net.conv3.bias.fill_(5.0)
+        y = den(torch.rand(1, 1, 12, 12) * 100)
+    assert torch.allclose(y, torch.full_like(y, 100.0))
+
+
+def test_saved_model_has_metadata_and_passes_the_checker(tmp_path, noisy_and_truth):
+    noisy, _ = noisy_and_truth
+    model = train(noisy, recipe="v2", microscope="twophoton", seed=4, device="cpu",
+                  samples=2, steps_per_sample=1)
+    path = model.save(tmp_path / "m.onnx")
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["recipe"] == "v2" and meta["preset"] == "twophoton"
+    assert meta["halo"] == "5" and meta["fm2s_version"]
+    norm = json.loads(meta["normalization"])
+    assert norm["offset"] == float(noisy.min()) and norm["scale"] > 0
+    assert json.loads(meta["config"])["seed"] == 4
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["N", 1, "H", "W"]

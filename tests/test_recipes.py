@@ -1,0 +1,54 @@
+import pytest
+
+from fm2s.recipes import MICROSCOPES, make_config, with_noise
+
+
+def test_paper_recipe_constants_ignore_microscope():
+    configs = {m: make_config("paper", m) for m in MICROSCOPES}
+    noise = configs["confocal"].noise
+    assert all(c.noise == noise for c in configs.values())
+    assert (noise.amplification, noise.stride, noise.median) == (2, 75, 3)
+    assert (noise.k_g, noise.k_p, noise.lambda_p) == (200, 30, 60)
+    assert noise.mean_range == (0.01, 0.20) and not noise.zero_padded_windows
+    c = configs["widefield"]
+    assert c.kernels == (3, 3, 3) and c.total_steps == 25 * 150
+    assert (c.lr, c.lr_decay_every, c.lr_decay, c.crop) == (1e-3, 1500, 0.25, 0)
+
+
+@pytest.mark.parametrize("microscope, row", [
+    ("confocal", (2, 75, 3, 200, 30, 70)),
+    ("twophoton", (2, 75, 3, 175, 30, 60)),
+    ("widefield", (1, 75, 11, 220, 45, 2000)),
+    ("generic", (6, 5, 3, 60, 40, 125)),
+])
+def test_v2_presets_match_the_published_table(microscope, row):
+    c = make_config("v2", microscope)
+    n = c.noise
+    assert (n.amplification, n.stride, n.median, n.k_g, n.k_p, n.lambda_p) == row
+    assert n.mean_range == (1e-5, 0.15) and n.zero_padded_windows
+    assert c.kernels == (5, 3, 5) and c.halo == 5
+    assert (c.warmup_steps, c.samples, c.steps_per_sample, c.lr, c.crop) == (5, 450, 5, 1e-3, 0)
+
+
+def test_default_recipe_is_fast_and_uses_v2_presets():
+    c = make_config()
+    assert c.recipe == "fast" and c.microscope == "confocal"
+    assert c.noise == make_config("v2", "confocal").noise
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(recipe="nope"), dict(microscope="electron"), dict(seed=-1),
+    dict(samples=0), dict(kernels=(4, 3, 3)), dict(lr=0.0), dict(crop=-2),
+])
+def test_bad_values_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        make_config(**kwargs)
+
+
+def test_configs_are_frozen_and_noise_validated():
+    c = make_config()
+    with pytest.raises(AttributeError):
+        c.seed = 3  # type: ignore[misc]
+    with pytest.raises(ValueError):
+        with_noise(c, median=4)
+    assert with_noise(c, k_g=10).noise.k_g == 10

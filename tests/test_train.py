@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from fm2s.normalize import fit_normalization
+from fm2s.recipes import make_config
+from fm2s.sample import psnr
+from fm2s.train import resolve_device, train_network
+
+
+def _run(image, **kw):
+    cfg = make_config("fast", "confocal", **kw)
+    return train_network(fit_normalization(image, cfg.normalization).forward(image), cfg)
+
+
+def _denoise(net, image):
+    norm = fit_normalization(image, "minmax")
+    x = torch.from_numpy(norm.forward(image))[None, None].repeat(1, net.conv1.in_channels, 1, 1)
+    with torch.no_grad():
+        y = net(x).clamp(0, 1).mean(1)[0].numpy()
+    return norm.inverse(y)
+
+
+def test_training_raises_psnr(noisy_and_truth):
+    noisy, truth = noisy_and_truth
+    net = _run(noisy, samples=30, steps_per_sample=4, seed=3)
+    assert psnr(_denoise(net, noisy), truth) > psnr(noisy, truth) + 3
+
+
+def test_same_seed_same_weights_and_global_rng_untouched(noisy_and_truth):
+    noisy, _ = noisy_and_truth
+    torch.manual_seed(99)
+    before = torch.rand(1)
+    torch.manual_seed(99)
+    a = _run(noisy, samples=3, steps_per_sample=2, seed=7)
+    after = torch.rand(1)
+    b = _run(noisy, samples=3, steps_per_sample=2, seed=7)
+    c = _run(noisy, samples=3, steps_per_sample=2, seed=8)
+    assert torch.equal(before, after)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.equal(pa, pb)
+    assert not all(torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters()))
+
+
+def test_crop_training_on_images_smaller_than_a_crop(rng):
+    img = rng.integers(0, 255, (20, 30)).astype(np.uint8)
+    net = _run(img, samples=2, steps_per_sample=1, crop=64)
+    assert _denoise(net, img).shape == img.shape
+
+
+def test_progress_is_reported(noisy_and_truth):
+    noisy, _ = noisy_and_truth
+    seen = []
+    cfg = make_config("v2", "widefield", samples=4, steps_per_sample=2, warmup_steps=1)
+    train_network(fit_normalization(noisy).forward(noisy), cfg,
+                  progress=lambda s, t: seen.append((s, t)))
+    assert seen[-1] == (9, 9) and all(t == 9 for _, t in seen)
+
+
+def test_device_choice():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cpu"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
+
+
+def test_cuda_path_is_taken_when_torch_reports_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda") == torch.device("cuda")
