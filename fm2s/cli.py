@@ -7,11 +7,17 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from .errors import FM2SError
+
+# typer's usage-error classes, whether typer runs on click or on its own copy of it
+_UsageError, _CLIError = typer.BadParameter.__mro__[1:3]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.replace("Value error, ", "").split())
 
 
 class _OneLineErrors(TyperGroup):
@@ -21,20 +27,20 @@ class _OneLineErrors(TyperGroup):
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)
-        except click.UsageError as exc:
-            where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
-            message = " ".join(exc.format_message().split())
-            click.echo(f"error: {message}{where}", err=True)
+        except _UsageError as exc:
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {_one_line(exc.format_message())}{where}", err=True)
             code = exc.exit_code
-        except (FM2SError, click.ClickException) as exc:
-            message = exc.format_message() if isinstance(exc, click.ClickException) else str(exc)
-            click.echo(f"error: {' '.join(message.split())}", err=True)
+        except (FM2SError, _CLIError) as exc:
+            message = exc.format_message() if isinstance(exc, _CLIError) else str(exc)
+            typer.echo(f"error: {_one_line(message)}", err=True)
             code = 1
-        except (click.Abort, KeyboardInterrupt):
-            click.echo("interrupted: no output was written", err=True)
+        except (typer.Abort, KeyboardInterrupt):
+            typer.echo("interrupted: no output was written", err=True)
             code = 130
         except OSError as exc:
-            click.echo(f"error: {exc.strerror or exc} ({exc.filename or 'file'})", err=True)
+            typer.echo(f"error: {exc.strerror or exc} ({exc.filename or 'file'})", err=True)
             code = 1
         else:
             code = rv if isinstance(rv, int) else 0

@@ -29,7 +29,7 @@ def image_format(path: str | Path) -> str:
 def _check(image: np.ndarray, path: str | Path) -> np.ndarray:
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         raise FM2SError(f"'{path}' is an RGB image ({image.shape[-1]} channels): fm2s-tile "
-                        "denoises single-channel images; save each channel as its own grayscale image")
+                        "denoises single-channel images; save each channel as a grayscale image")
     squeezed = np.squeeze(image)
     if squeezed.ndim != 2:
         raise FM2SError(f"'{path}' holds an array of shape {image.shape}, not one 2D plane: "

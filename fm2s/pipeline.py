@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .api import TrainedModel, apply, train
 from .errors import FM2SError
@@ -51,25 +51,23 @@ def _check_model_path(path: Path | None, overwrite: bool) -> None:
 
 
 class _Progress:
-    """A training progress bar on stderr (silent with ``quiet``)."""
+    """A training progress bar on stderr (silent with ``quiet`` or when not a terminal)."""
 
     def __init__(self, quiet: bool, label: str) -> None:
-        self.quiet, self.label, self.bar, self.last = quiet, label, None, 0
+        console = Console(stderr=True)
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("steps"), TimeRemainingColumn(), console=console,
+                            transient=True, disable=quiet or not console.is_terminal)
+        self.label, self.task = label, None
 
     def __call__(self, step: int, total: int) -> None:
-        if self.quiet:
-            return
-        if self.bar is None:
-            self.bar = typer.progressbar(length=total, label=self.label, file=sys.stderr,
-                                         show_eta=True, show_percent=True)
-            self.bar.__enter__()
-        self.bar.update(step - self.last)
-        self.last = step
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=total)
+        self.bar.update(self.task, completed=step)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
-            self.bar = None
+        self.bar.stop()
 
 
 def train_and_apply_file(image: Path, output: Path | None = None, recipe: str = "fast",

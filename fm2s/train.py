@@ -95,7 +95,8 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
         gain = min(max(config.input_mean / max(float(target.mean()), 1e-6), 1.0), 50.0)
     gen = torch.Generator(device=device).manual_seed(config.seed)
     cpu_gen = torch.Generator().manual_seed(config.seed + 1)
-    net = FM2SNet(amp, *config.kernels)
+    with torch.random.fork_rng(devices=[]):  # nn.Conv2d draws from the global RNG: undo that
+        net = FM2SNet(amp, *config.kernels)
     init_weights(net, torch.Generator().manual_seed(config.seed))
     net.to(device=device, memory_format=fmt).train()
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -111,6 +112,7 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
     params = list(net.parameters())
     # exponential moving average of the weights: steadies the end of short runs
     ema = [p.detach().clone() for p in params] if config.ema > 0 else None
+    counter = [0]
 
     def step(inp: torch.Tensor, tgt: torch.Tensor) -> None:
         loss = loss_fn(net(inp * gain), tgt * gain)
@@ -118,9 +120,11 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
         loss.backward()
         opt.step()
         sched.step()
-        if ema is not None:
+        if ema is not None:  # warm-started average, so short runs forget the initial weights
+            decay = min(config.ema, (1 + counter[0]) / (10 + counter[0]))
+            counter[0] += 1
             with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - config.ema)
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
 
     total = config.total_steps
     done = 0

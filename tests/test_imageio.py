@@ -27,7 +27,7 @@ def test_errors_name_the_problem(tmp_path):
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(FM2SError, match="colour|RGB"):
         read_image(tmp_path / "rgb.png")
-    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((20, 20, 3), np.uint8))
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((20, 20, 3), np.uint8), photometric="rgb")
     with pytest.raises(FM2SError, match="RGB"):
         read_image(tmp_path / "rgb.tif")
     Image.fromarray(np.zeros((5, 20), np.uint8)).save(tmp_path / "small.png")
