@@ -80,7 +80,8 @@ class TrainConfig:
     warmup_steps
         Steps that map the raw image itself to the target before noisy samples.
     samples
-        Number of noisy samples drawn (noise redone for each).
+        Number of noisy samples drawn (noise redone for each). With ``crop``, a
+        sample is a batch of ``batch`` random crops, noise drawn on the crops.
     steps_per_sample
         Optimizer steps on each noisy sample.
     lr
@@ -92,9 +93,10 @@ class TrainConfig:
         If > 0, the rate follows a cosine from ``lr`` down to ``lr_final``
         over the whole run instead.
     crop
-        Side of the random square crops trained on; 0 trains on the full image.
+        Side of the random square crops trained on; 0 trains on the full image
+        (so does an image smaller than a crop).
     batch
-        Crops per step (ignored for full-image training).
+        Crops per sample (ignored for full-image training).
     ema
         If > 0, the weights returned are an exponential moving average of the
         weights over the steps, with this decay per step.
@@ -188,7 +190,7 @@ _RECIPE_TABLE: dict[str, tuple[dict, dict[str, NoiseModel], dict[str, dict]]] = 
     ),
     "fast": (
         dict(kernels=(5, 3, 5), warmup_steps=5, samples=80, steps_per_sample=9, lr=4e-3,
-             lr_final=4e-4, crop=128, batch=4, ema=0.99, input_mean=0.5, normalization="minmax",
+             lr_final=4e-4, crop=128, batch=4, ema=0.99, input_mean=0.25, normalization="minmax",
              flips=True),
         _V2_NOISE,
         # a step costs in proportion to the amplification: same time, more steps
