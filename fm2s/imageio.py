@@ -97,10 +97,6 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     fmt = image_format(path)
     if fmt == "png" and image.dtype not in (np.uint8, np.uint16):
         raise FM2SError(f"PNG cannot hold {image.dtype} pixels: write a .tif file instead")
-    if path.is_dir():
-        raise FM2SError(f"output '{path}' is a folder: give a file name")
-    if not path.parent.exists():
-        raise FM2SError(f"output folder '{path.parent}' does not exist: create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     try:

@@ -21,6 +21,16 @@ def default_output(image: Path) -> Path:
     return image.with_name(f"{image.stem}.fm2s{image.suffix}")
 
 
+def _check_new_file(path: Path, overwrite: bool, what: str) -> None:
+    if path.is_dir():
+        raise FM2SError(f"{what} '{path}' is a folder: give a file name")
+    if path.exists() and not overwrite:
+        raise FM2SError(f"{what} '{path}' exists: remove it, choose another path "
+                        "or pass --overwrite")
+    if not path.parent.is_dir():
+        raise FM2SError(f"folder '{path.parent}' of the {what} does not exist: create it first")
+
+
 def _check_output(image: Path, output: Path | None, overwrite: bool) -> Path:
     output = default_output(image) if output is None else Path(output)
     if image_format(output) != image_format(image):
@@ -28,13 +38,7 @@ def _check_output(image: Path, output: Path | None, overwrite: bool) -> Path:
                         f"({image_format(image).upper()}): change its extension")
     if output.exists() and image.exists() and output.resolve() == image.resolve():
         raise FM2SError(f"output '{output}' is the input itself: choose another output path")
-    if output.exists() and not overwrite:
-        raise FM2SError(f"output '{output}' exists: remove it, choose another path "
-                        "or pass --overwrite")
-    if output.is_dir():
-        raise FM2SError(f"output '{output}' is a folder: give a file name")
-    if not output.parent.exists():
-        raise FM2SError(f"output folder '{output.parent}' does not exist: create it first")
+    _check_new_file(output, overwrite, "output")
     return output
 
 
@@ -43,11 +47,7 @@ def _check_model_path(path: Path | None, overwrite: bool) -> None:
         return
     if path.suffix.lower() != ".onnx":
         raise FM2SError(f"--save-model path '{path}' should end in .onnx")
-    if path.exists() and not overwrite:
-        raise FM2SError(f"model '{path}' exists: remove it, choose another path "
-                        "or pass --overwrite")
-    if not path.parent.exists():
-        raise FM2SError(f"folder '{path.parent}' of --save-model does not exist: create it first")
+    _check_new_file(path, overwrite, "model")
 
 
 class _Progress:

@@ -81,7 +81,7 @@ def _assert_clean_failure(res, tmp_path, before):
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "extension", "rgb", "tiny",
                                   "recipe", "microscope", "seed", "device", "model_ext",
-                                  "same_as_input", "exists", "format_change"])
+                                  "same_as_input", "exists", "no_folder", "format_change"])
 def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, small_png, case):
     from PIL import Image
 
@@ -117,7 +117,10 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, small_png, case):
     elif case == "same_as_input":
         args["extra"] = ["-o", str(small_png), "--overwrite"]
     elif case == "exists":
-        args["extra"] = ["-o", str(small_png)]
+        (tmp_path / "taken.png").write_bytes(small_png.read_bytes())
+        args["extra"] = ["-o", str(tmp_path / "taken.png")]
+    elif case == "no_folder":
+        args["extra"] = ["-o", str(tmp_path / "nowhere" / "out.png")]
     elif case == "format_change":
         args["extra"] = ["-o", str(tmp_path / "o.tif")]
     before = sorted(p.name for p in tmp_path.iterdir())

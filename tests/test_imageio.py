@@ -33,7 +33,8 @@ def test_errors_name_the_problem(tmp_path):
     Image.fromarray(np.zeros((5, 20), np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(FM2SError, match="at least 8 x 8"):
         read_image(tmp_path / "small.png")
-    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 20, 20), np.uint8))
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 20, 20), np.uint8),
+                     photometric="minisblack")
     with pytest.raises(FM2SError, match="not one 2D plane"):
         read_image(tmp_path / "stack.tif")
 
