@@ -11,6 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from .errors import FM2SError
+from .recipes import DEFAULT_MICROSCOPE, DEFAULT_RECIPE, MICROSCOPES, RECIPES
 
 # typer's usage-error classes, whether typer runs on click or on its own copy of it
 _UsageError, _CLIError = typer.BadParameter.__mro__[1:3]
@@ -56,30 +57,16 @@ app = typer.Typer(
 )
 
 
-class Recipe(StrEnum):
-    fast = "fast"
-    paper = "paper"
-    v2 = "v2"
-
-
-class Microscope(StrEnum):
-    confocal = "confocal"
-    twophoton = "twophoton"
-    widefield = "widefield"
-    generic = "generic"
-
-
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
+Recipe = StrEnum("Recipe", {name: name for name in RECIPES})
+Microscope = StrEnum("Microscope", {name: name for name in MICROSCOPES})
+Device = StrEnum("Device", {name: name for name in ("auto", "cpu", "cuda")})
 
 
 InPath = Annotated[Path, typer.Argument(help="Input image: single-channel PNG or TIFF.",
                                         show_default=False)]
 OutPath = Annotated[Path | None, typer.Option(
-    "-o", "--output", help="Output image (same format). Default: IN with '.fm2s' before the "
-    "extension.", show_default=False)]
+    "-o", "--output", help="Output image (same format). Default: the input's name with '.fm2s' "
+    "before the extension.", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
 
@@ -90,11 +77,11 @@ def train_and_apply_cmd(
     output: OutPath = None,
     recipe: Annotated[Recipe, typer.Option(
         help="fast: this project's default (random crops, minutes -> seconds); paper: the FM2S "
-        "paper; v2: the authors' later code.")] = Recipe.fast,
+        "paper; v2: the authors' later code.")] = Recipe[DEFAULT_RECIPE],
     microscope: Annotated[Microscope, typer.Option(
         help="Noise preset. Defaults to confocal until automatic choice exists; the paper "
-        "recipe uses one preset for all.")] = Microscope.confocal,
-    device: Annotated[Device, typer.Option(help="Training device.")] = Device.auto,
+        "recipe uses one preset for all.")] = Microscope[DEFAULT_MICROSCOPE],
+    device: Annotated[Device, typer.Option(help="Training device.")] = Device["auto"],
     seed: Annotated[int, typer.Option(min=0, help="Seed: same seed, machine and device give "
                                       "the same result.")] = 0,
     save_model: Annotated[Path | None, typer.Option(
@@ -102,7 +89,7 @@ def train_and_apply_cmd(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train FM2S on IN itself and write the denoised image."""
+    """Train FM2S on the input image itself and write it denoised."""
     from .pipeline import train_and_apply_file
 
     summary = train_and_apply_file(image, output, recipe=recipe.value,
@@ -117,11 +104,11 @@ def apply_cmd(
                                           show_default=False)],
     image: InPath,
     output: OutPath = None,
-    provider: Annotated[Device, typer.Option(help="onnxruntime execution provider.")] = Device.auto,
+    provider: Annotated[Device, typer.Option(help="onnxruntime execution provider.")] = Device[
+        "auto"],
     overwrite: Overwrite = False,
-    quiet: Quiet = False,
 ) -> None:
-    """Denoise IN with a saved model (no training)."""
+    """Denoise an image with a saved model (no training)."""
     from .pipeline import apply_file
 
     typer.echo(apply_file(model, image, output, provider=provider.value, overwrite=overwrite))
