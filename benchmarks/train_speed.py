@@ -48,7 +48,7 @@ def main() -> None:
             model = train(noisy, recipe, args.microscope, seed=rep, device=args.device, **over)
             train_s.append(model.seconds * scale)
             t = time.perf_counter()
-            runtime = model.runtime("cpu" if args.device == "cpu" else "auto")
+            runtime = model.runtime()
             export_s.append(time.perf_counter() - t)
             t = time.perf_counter()
             apply(runtime, noisy)

@@ -91,8 +91,13 @@ class TrainedModel:
             tmp.unlink(missing_ok=True)
         return path
 
-    def runtime(self, provider: str = "cpu") -> OnnxDenoiser:
-        """An onnxruntime session of this model."""
+    def runtime(self, provider: str | None = None) -> OnnxDenoiser:
+        """An onnxruntime session of this model.
+
+        ``provider`` defaults to the CPU for a model trained on the CPU, else ``auto``.
+        """
+        if provider is None:
+            provider = "cpu" if self.device == "cpu" else "auto"
         return OnnxDenoiser(self.to_onnx().SerializeToString(), provider=provider)
 
 
@@ -148,7 +153,7 @@ def train(image: np.ndarray, recipe: str = DEFAULT_RECIPE, microscope: str = DEF
 
 
 def apply(model: TrainedModel | OnnxDenoiser | str | Path, image: np.ndarray,
-          provider: str = "cpu", dtype: np.dtype | str | None = None) -> np.ndarray:
+          provider: str | None = None, dtype: np.dtype | str | None = None) -> np.ndarray:
     """Denoise a 2D image with a trained model or a saved ONNX model.
 
     Parameters
@@ -159,7 +164,8 @@ def apply(model: TrainedModel | OnnxDenoiser | str | Path, image: np.ndarray,
     image
         The image, raw pixel values.
     provider
-        onnxruntime provider: ``auto``, ``cpu`` or ``cuda``.
+        onnxruntime provider: ``auto``, ``cpu`` or ``cuda``; default: the CPU for a
+        model trained on the CPU, else ``auto``.
     dtype
         Output pixel type; default: the input's (integers rounded and clipped).
 
@@ -171,7 +177,7 @@ def apply(model: TrainedModel | OnnxDenoiser | str | Path, image: np.ndarray,
     if isinstance(model, TrainedModel):
         model = model.runtime(provider)
     elif not isinstance(model, OnnxDenoiser):
-        model = OnnxDenoiser(model, provider=provider)
+        model = OnnxDenoiser(model, provider=provider or "auto")
     out = model(image)
     return cast_like(out, np.dtype(dtype) if dtype is not None else image.dtype)
 
@@ -184,8 +190,7 @@ def denoise(image: np.ndarray, recipe: str = DEFAULT_RECIPE,
     See :func:`train` for the parameters.
     """
     model = train(image, recipe, microscope, seed=seed, device=device, **overrides)
-    provider = "cpu" if model.device == "cpu" else "auto"
-    return apply(model, image, provider=provider)
+    return apply(model, image)
 
 
 def cast_like(image: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -87,7 +87,7 @@ def train_and_apply_file(image: Path, output: Path | None = None, recipe: str = 
     finally:
         progress.close()
     t_apply = time.perf_counter()
-    runtime = model.runtime("cpu" if model.device == "cpu" else "auto")
+    runtime = model.runtime()
     denoised = apply(runtime, pixels)
     write_image(output, denoised)
     if save_model is not None:
