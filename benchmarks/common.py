@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from fm2s.sample import psnr as _psnr
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fmd"
 
 #: PSNR (dB) of the public FM2S code on the ``_1`` captures (shared/data/fmd/README.md)
@@ -31,8 +33,8 @@ def groups_in(data: Path) -> list[str]:
 
 
 def psnr(image: np.ndarray, truth: np.ndarray, data_range: float = 255.0) -> float:
-    mse = np.mean((np.asarray(image, np.float64) - np.asarray(truth, np.float64)) ** 2)
-    return float(10 * np.log10(data_range**2 / mse))
+    """PSNR in dB with the FMD convention: data range 255 unless given."""
+    return _psnr(image, truth, data_range)
 
 
 def ssim(image: np.ndarray, truth: np.ndarray, data_range: float = 255.0) -> float:
