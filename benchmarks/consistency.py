@@ -25,8 +25,8 @@ from PIL import Image
 
 
 def _run(*args: str) -> None:
-    subprocess.run([shutil.which("fm2s-tile") or sys.exit("fm2s-tile is not installed"),
-                    *args, "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([shutil.which("fm2s-tile") or sys.exit("fm2s-tile is not installed"), *args],
+                   check=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -41,8 +41,8 @@ def main() -> None:
         src = args.data / "raw" / f"{group}_1.png"
         raw = np.asarray(Image.open(src))
         gt = np.asarray(Image.open(args.data / "gt" / f"{group}.png")).astype(np.float64)
-        common = ["--recipe", args.recipe, "--microscope", microscope_of(group), "--device",
-                  "cpu", "--seed", str(args.seed)]
+        common = ["--quiet", "--recipe", args.recipe, "--microscope", microscope_of(group),
+                  "--device", "cpu", "--seed", str(args.seed)]
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             _run("train-and-apply", str(src), "-o", str(t / "a.png"), "--save-model",

@@ -31,14 +31,16 @@ class Denoiser(nn.Module):
         self.register_buffer("offset", torch.tensor(normalization.offset, dtype=torch.float32))
         self.register_buffer("scale", torch.tensor(normalization.scale, dtype=torch.float32))
 
+    def _one_view(self, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+        if dims:
+            return self._one_view(x.flip(dims), ()).flip(dims)
+        return self.net(x).clamp(0.0, 1.0).mean(dim=1, keepdim=True)
+
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         x = (raw - self.offset) / self.scale
         x = x.repeat(1, self.amplification, 1, 1)
-        y = self.net(x).clamp(0.0, 1.0).mean(dim=1, keepdim=True)
-        if self.flips:
-            for dims in ((2,), (3,), (2, 3)):
-                y = y + self.net(x.flip(dims)).clamp(0.0, 1.0).mean(dim=1, keepdim=True).flip(dims)
-            y = y / 4
+        views = ((), (2,), (3,), (2, 3)) if self.flips else ((),)
+        y = sum(self._one_view(x, dims) for dims in views) / len(views)
         return y * self.scale + self.offset
 
 
