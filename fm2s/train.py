@@ -112,7 +112,6 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
     params = list(net.parameters())
     # exponential moving average of the weights: steadies the end of short runs
     ema = [p.detach().clone() for p in params] if config.ema > 0 else None
-    counter = [0]
 
     def step(inp: torch.Tensor, tgt: torch.Tensor) -> None:
         loss = loss_fn(net(inp * gain), tgt * gain)
@@ -121,8 +120,8 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
         opt.step()
         sched.step()
         if ema is not None:  # warm-started average, so short runs forget the initial weights
-            decay = min(config.ema, (1 + counter[0]) / (10 + counter[0]))
-            counter[0] += 1
+            steps = sched.last_epoch  # steps taken so far, this one included
+            decay = min(config.ema, steps / (9 + steps))
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
 
