@@ -101,14 +101,15 @@ class TrainedModel:
         return OnnxDenoiser(self.to_onnx().SerializeToString(), provider=provider)
 
 
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Validate a 2D single-channel image array for training and denoising."""
+def check_image(image: np.ndarray, stack: bool = False) -> np.ndarray:
+    """Validate a 2D single-channel image (or, with ``stack``, a (K, H, W) stack of planes)."""
     image = np.asarray(image)
-    if image.ndim != 2:
-        raise FM2SError(f"expected a 2D single-channel image, got shape {image.shape}")
-    if min(image.shape) < MIN_SIDE:
-        raise FM2SError(f"image is {image.shape[0]} x {image.shape[1]} pixels: it must be at least "
-                        f"{MIN_SIDE} x {MIN_SIDE}")
+    if image.ndim != 2 and not (stack and image.ndim == 3 and image.shape[0] > 0):
+        what = "a 2D image or a (K, H, W) stack of planes" if stack else "a 2D single-channel image"
+        raise FM2SError(f"expected {what}, got shape {image.shape}")
+    if min(image.shape[-2:]) < MIN_SIDE:
+        raise FM2SError(f"image is {image.shape[-2]} x {image.shape[-1]} pixels: it must be at "
+                        f"least {MIN_SIDE} x {MIN_SIDE}")
     if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
         raise FM2SError(f"pixel type {image.dtype} is not supported: use integers or floats")
     if np.issubdtype(image.dtype, np.floating) and not np.all(np.isfinite(image)):
@@ -119,12 +120,13 @@ def check_image(image: np.ndarray) -> np.ndarray:
 def train(image: np.ndarray, recipe: str = DEFAULT_RECIPE, microscope: str = DEFAULT_MICROSCOPE,
           seed: int = 0, device: str = "auto",
           progress: Callable[[int, int], None] | None = None, **overrides) -> TrainedModel:
-    """Train FM2S on one noisy 2D image.
+    """Train FM2S on one noisy 2D image, or on a (K, H, W) stack of planes of one channel.
 
     Parameters
     ----------
     image
-        The noisy image, raw pixel values (uint8, uint16 or float).
+        The noisy image or planes, raw pixel values (uint8, uint16 or float). One
+        normalization is fitted to all planes; the training cost does not depend on K.
     recipe, microscope
         Recipe (``fast``, ``paper``, ``v2``) and noise preset.
     seed
@@ -140,7 +142,7 @@ def train(image: np.ndarray, recipe: str = DEFAULT_RECIPE, microscope: str = DEF
     -------
     TrainedModel
     """
-    image = check_image(image)
+    image = check_image(image, stack=True)
     try:
         config = make_config(recipe, microscope, seed=seed, **overrides)
         torch_device = resolve_device(device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -11,7 +12,14 @@ import typer
 from typer.core import TyperGroup
 
 from .errors import FM2SError
-from .recipes import DEFAULT_MICROSCOPE, DEFAULT_RECIPE, MICROSCOPES, RECIPES
+from .recipes import (
+    DEFAULT_MICROSCOPE,
+    DEFAULT_RECIPE,
+    DEFAULT_TILE,
+    DEFAULT_TRAIN_PLANES,
+    MICROSCOPES,
+    RECIPES,
+)
 
 # typer's usage-error classes, whether typer runs on click or on its own copy of it
 _UsageError, _CLIError = typer.BadParameter.__mro__[1:3]
@@ -62,13 +70,36 @@ Microscope = StrEnum("Microscope", {name: name for name in MICROSCOPES})
 Device = StrEnum("Device", {name: name for name in ("auto", "cpu", "cuda")})
 
 
-InPath = Annotated[Path, typer.Argument(help="Input image: single-channel PNG or TIFF.",
-                                        show_default=False)]
+Dtype = StrEnum("Dtype", {name: name for name in ("input", "float32")})
+Ngff = StrEnum("Ngff", {"v04": "0.4", "v05": "0.5"})
+
+InPath = Annotated[str, typer.Argument(
+    help="Input: OME-Zarr image (local or http(s) URL), zarr array, TIFF stack, or a "
+    "single-channel PNG/TIFF image.", show_default=False)]
 OutPath = Annotated[Path | None, typer.Option(
-    "-o", "--output", help="Output image (same format). Default: the input's name with '.fm2s' "
-    "before the extension.", show_default=False)]
+    "-o", "--output", help="Output. Default: next to the input, '.fm2s' before the extension "
+    "(volumes: an OME-Zarr, e.g. stack.fm2s.ome.zarr).", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+Tile = Annotated[int, typer.Option(help="Tile side in pixels of one onnxruntime call (volumes); "
+                                   "the result does not depend on it.")]
+Workers = Annotated[int | None, typer.Option(
+    help="Run on a local dask cluster of N worker processes (volumes).", show_default=False)]
+Scheduler = Annotated[str | None, typer.Option(
+    help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (volumes; the "
+    "output folder must be shared with the workers).", show_default=False)]
+DtypeOpt = Annotated[Dtype, typer.Option(
+    help="Output pixel type (volumes): the input's (rounded and clipped) or float32.")]
+Axes = Annotated[str | None, typer.Option(
+    help="Axes of input without axes metadata (plain zarr array, generic TIFF stack), e.g. "
+    "tczyx, zyx.", show_default=False)]
+NgffOpt = Annotated[Ngff | None, typer.Option(
+    "--ngff", help="NGFF version of the output for input that is not OME-Zarr (default 0.5; "
+    "0.4 for a zarr v2 array). OME-Zarr input keeps its own.", show_default=False)]
+
+
+def _command() -> str:
+    return shlex.join(["fm2s-tile", *sys.argv[1:]])
 
 
 @app.command("train-and-apply")
@@ -84,45 +115,89 @@ def train_and_apply_cmd(
     device: Annotated[Device, typer.Option(help="Training device.")] = Device["auto"],
     seed: Annotated[int, typer.Option(min=0, help="Seed: same seed, machine and device give "
                                       "the same result.")] = 0,
+    train_planes: Annotated[int, typer.Option(
+        min=1, help="Planes each channel's model trains on (spread evenly over t and z); the "
+        "training time does not depend on it.")] = DEFAULT_TRAIN_PLANES,
+    tile: Tile = DEFAULT_TILE,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    dtype: DtypeOpt = Dtype["input"],
     save_model: Annotated[Path | None, typer.Option(
-        help="Also save the trained model as ONNX here.", show_default=False)] = None,
+        help="Also save the trained model(s) as ONNX: this path for one channel, "
+        "<stem>_c<k>.onnx for each channel k otherwise.", show_default=False)] = None,
+    axes: Axes = None,
+    ngff: NgffOpt = None,
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train FM2S on the input image itself and write it denoised."""
-    from .pipeline import train_and_apply_file
+    """Train FM2S on the input itself (one model per channel) and write it denoised."""
+    from .pipeline import train_and_apply_any
 
-    summary = train_and_apply_file(image, output, recipe=recipe.value,
-                                   microscope=microscope.value, device=device.value, seed=seed,
-                                   save_model=save_model, overwrite=overwrite, quiet=quiet)
-    typer.echo(summary)
+    typer.echo(train_and_apply_any(
+        image, output, recipe=recipe.value, microscope=microscope.value, device=device.value,
+        seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,
+        dtype=dtype.value, save_model=save_model, overwrite=overwrite, quiet=quiet, axes=axes,
+        ngff=ngff.value if ngff else None, command=_command()))
 
 
 @app.command("apply")
 def apply_cmd(
-    model: Annotated[Path, typer.Argument(help="Model saved with --save-model (.onnx).",
-                                          show_default=False)],
+    model: Annotated[str, typer.Argument(
+        help="Model saved with --save-model (.onnx): one for all channels, a comma-separated "
+        "list with one per channel, or the --save-model path of a multi-channel run.",
+        show_default=False)],
     image: InPath,
     output: OutPath = None,
     provider: Annotated[Device, typer.Option(help="onnxruntime execution provider.")] = Device[
         "auto"],
+    tile: Tile = DEFAULT_TILE,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
+    dtype: DtypeOpt = Dtype["input"],
+    axes: Axes = None,
+    ngff: NgffOpt = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> None:
+    """Denoise with saved model(s), no training."""
+    from .pipeline import apply_any
+
+    typer.echo(apply_any(model, image, output, provider=provider.value, tile=tile,
+                         workers=workers, scheduler=scheduler, dtype=dtype.value,
+                         overwrite=overwrite, quiet=quiet, axes=axes,
+                         ngff=ngff.value if ngff else None, command=_command()))
+
+
+@app.command("info")
+def info_cmd(image: InPath, axes: Axes = None) -> None:
+    """Say what the input holds (format, axes, shape, levels, scale, channels)."""
+    from .pipeline import info_any
+
+    typer.echo(info_any(image, axes))
+
+
+@app.command("sample")
+def sample_cmd(
+    output: Annotated[Path, typer.Argument(help="Path of the sample, e.g. sample.ome.zarr.")],
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the sample.")] = 0,
     overwrite: Overwrite = False,
 ) -> None:
-    """Denoise an image with a saved model (no training)."""
-    from .pipeline import apply_file
+    """Write a synthetic noisy TCZYX uint16 OME-Zarr and its ground truth (OUT.truth.ome.zarr)."""
+    from .volume_jobs import write_sample
 
-    typer.echo(apply_file(model, image, output, provider=provider.value, overwrite=overwrite))
+    noisy, truth = write_sample(output, seed=seed, overwrite=overwrite)
+    typer.echo(f"wrote {noisy} (noisy) and {truth} (ground truth)")
 
 
 @app.command("demo")
 def demo_cmd(
-    folder: Annotated[Path, typer.Argument(help="Folder for the sample images.")] = Path(
+    folder: Annotated[Path, typer.Argument(help="Folder for the sample and its result.")] = Path(
         "fm2s-demo"),
     seed: Annotated[int, typer.Option(min=0, help="Seed of the sample and the training.")] = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Make a synthetic noisy sample with its ground truth, denoise it, report the PSNR gain."""
-    from .pipeline import demo
+    """Write the synthetic sample stack, train-and-apply on it, report the PSNR gain."""
+    from .volume_jobs import demo
 
     typer.echo(demo(folder, seed=seed, quiet=quiet))
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -114,7 +115,63 @@ def apply_file(model: Path, image: Path, output: Path | None = None, provider: s
             f"{runtime.provider} in {time.perf_counter() - start:.1f} s")
 
 
-def demo(folder: Path, seed: int = 0, quiet: bool = False, size: int = 256) -> str:
+def is_volume(source: str | Path, axes: str | None = None) -> bool:
+    """Whether ``source`` goes to the volume pipeline (zarr, URL, TIFF stack) rather than the
+    2D one (PNG, single-plane TIFF; anything unreadable gets the 2D path's clear errors)."""
+    from .volume import TIFF_SUFFIXES, is_url
+
+    source = str(source)
+    path = Path(source)
+    if axes or is_url(source) or path.is_dir() or source.rstrip("/").lower().endswith(".zarr"):
+        return True
+    if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+        except (OSError, ValueError, IndexError, tifffile.TiffFileError):
+            return False
+        return sum(n > 1 for n in shape) > 2 and shape[-1] not in (3, 4)
+    return False
+
+
+def train_and_apply_any(source: str, output: Path | None = None, **options) -> str:
+    """``train-and-apply`` on any input: 2D images here, volumes in :mod:`fm2s.volume_jobs`.
+
+    Volume-only options (``train_planes``, ``tile``, ``workers``, ...) are ignored for 2D images.
+    """
+    from . import volume_jobs
+
+    if is_volume(source, options.get("axes")):
+        return volume_jobs.train_and_apply_volume(source, output, **options)
+    keys = ("recipe", "microscope", "device", "seed", "save_model", "overwrite", "quiet")
+    return train_and_apply_file(Path(source), output, **{k: options[k] for k in keys
+                                                          if k in options})
+
+
+def apply_any(model: str, source: str, output: Path | None = None, **options) -> str:
+    """``apply`` on any input (see :func:`train_and_apply_any`)."""
+    from . import volume_jobs
+
+    if is_volume(source, options.get("axes")):
+        return volume_jobs.apply_volume(model, source, output, **options)
+    keys = ("provider", "overwrite")
+    return apply_file(Path(model), Path(source), output, **{k: options[k] for k in keys
+                                                            if k in options})
+
+
+def info_any(source: str, axes: str | None = None) -> str:
+    """What ``fm2s-tile info`` prints."""
+    from . import volume_jobs
+
+    if is_volume(source, axes):
+        return volume_jobs.info(source, axes)
+    pixels = read_image(source)
+    return (f"{source}: 2D {image_format(source).upper()} image, {pixels.shape[1]} x "
+            f"{pixels.shape[0]} pixels, {pixels.dtype}\n  train-and-apply: one model; output "
+            f"{default_output(Path(source))}")
+
+
+def demo_2d(folder: Path, seed: int = 0, quiet: bool = False, size: int = 256) -> str:
     """Write a synthetic noisy image and its truth to ``folder``, denoise it, report PSNRs."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -236,3 +236,9 @@ def with_noise(config: TrainConfig, **changes) -> TrainConfig:
 
 __all__ = ["NoiseModel", "TrainConfig", "make_config", "with_noise", "RECIPES", "MICROSCOPES",
            "DEFAULT_RECIPE", "DEFAULT_MICROSCOPE"]
+
+
+# Volumes: planes each channel's model trains on (see benchmarks/train_planes.py) and the
+# tile side of one onnxruntime call (see benchmarks/tile_speed.py).
+DEFAULT_TRAIN_PLANES = 8
+DEFAULT_TILE = 512

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -54,9 +56,12 @@ class OnnxDenoiser:
         Path of a ``.onnx`` file, or the serialized model bytes.
     provider
         ``auto``, ``cpu`` or ``cuda``.
+    threads
+        CPU threads of one call (0: onnxruntime's default, all cores). Tiled runs use
+        1 and run tiles in parallel instead.
     """
 
-    def __init__(self, model: str | Path | bytes, provider: str = "auto") -> None:
+    def __init__(self, model: str | Path | bytes, provider: str = "auto", threads: int = 0) -> None:
         ort = _ort()
         if isinstance(model, (str, Path)):
             path = Path(model)
@@ -68,6 +73,9 @@ class OnnxDenoiser:
             data, name = model, "the model"
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = threads
+        if threads:
+            options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(data, options, providers=choose_providers(provider))
         except FM2SError:
@@ -81,6 +89,7 @@ class OnnxDenoiser:
                             "pass a model saved by fm2s-tile --save-model")
         self.metadata: dict[str, str] = dict(meta)
         self.input_name = self.session.get_inputs()[0].name
+        self.sha256 = hashlib.sha256(data).hexdigest()
 
     @property
     def halo(self) -> int:
@@ -105,3 +114,20 @@ class OnnxDenoiser:
         batch = image.reshape((-1, 1) + image.shape[-2:]).astype(np.float32, copy=False)
         out = self.session.run(None, {self.input_name: batch})[0]
         return out.reshape(image.shape)
+
+
+_SHARED: dict[tuple[str, str], OnnxDenoiser] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_denoiser(model: bytes, provider: str = "cpu") -> OnnxDenoiser:
+    """The one session of ``model`` in this process, made on first use (thread-safe).
+
+    Dask tasks call this: every worker process loads a model once and its threads
+    share the session (onnxruntime sessions are safe to run from several threads).
+    """
+    key = (hashlib.sha256(model).hexdigest(), provider)
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = OnnxDenoiser(model, provider=provider, threads=1)
+        return _SHARED[key]

@@ -53,12 +53,15 @@ def resolve_device(device: str) -> torch.device:
 
 def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.device = "cpu",
                   progress: Callable[[int, int], None] | None = None) -> FM2SNet:
-    """Train the FM2S network on one normalized 2D image.
+    """Train the FM2S network on one normalized 2D image, or on a stack of planes.
 
     Parameters
     ----------
     image
-        2D array, intensities already normalized (8-bit / 255 scale).
+        2D array, or (K, H, W) stack of planes of one channel, intensities already
+        normalized (8-bit / 255 scale). With a stack, each batch of crops (or each
+        full-image sample) is drawn from planes picked at random, so the cost of a
+        run does not depend on K.
     config
         Recipe, preset and seed.
     device
@@ -71,21 +74,22 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
     FM2SNet
         The trained network, in eval mode, on the CPU.
     """
-    if image.ndim != 2:
-        raise ValueError(f"train_network takes a 2D image, got shape {image.shape}")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"train_network takes a 2D image or a (K, H, W) stack, got {image.shape}")
+    stack = image if image.ndim == 3 else image[None]
     device = torch.device(device)
     amp = config.noise.amplification
     crop = config.crop
-    h, w = image.shape
+    planes, h, w = stack.shape
     if crop and (crop > h or crop > w):
         crop = 0  # image smaller than a crop: train on the whole of it
 
     # channels-last memory makes these small convolutions about 2x faster on CPUs
     fmt = torch.channels_last
-    target = torch.from_numpy(median_target(image, config.noise.median))
-    target = target.to(device)[None, None].expand(1, amp, h, w).contiguous(memory_format=fmt)
-    raw = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    raw = raw.to(device)[None, None].expand(1, amp, h, w).contiguous(memory_format=fmt)
+    target = torch.from_numpy(np.stack([median_target(p, config.noise.median) for p in stack]))
+    target = target.to(device)[:, None].expand(planes, amp, h, w).contiguous(memory_format=fmt)
+    raw = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
+    raw = raw.to(device)[:, None].expand(planes, amp, h, w).contiguous(memory_format=fmt)
 
     level = region_means(target, config.noise)
     # Optional input gain: the network sees g * x and its output is divided by g
@@ -103,11 +107,21 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(config))
     loss_fn = nn.MSELoss()
 
+    def pick_planes(n: int) -> list[int]:  # no draw for one plane: 2D runs stay as they were
+        if planes == 1:
+            return [0] * n
+        return torch.randint(0, planes, (n,), generator=cpu_gen).tolist()
+
     def crops(*sources: torch.Tensor) -> list[torch.Tensor]:
         ys = torch.randint(0, h - crop + 1, (config.batch,), generator=cpu_gen).tolist()
         xs = torch.randint(0, w - crop + 1, (config.batch,), generator=cpu_gen).tolist()
-        return [torch.cat([s[..., y:y + crop, x:x + crop] for y, x in zip(ys, xs)])
+        ks = pick_planes(config.batch)
+        return [torch.cat([s[k:k + 1, :, y:y + crop, x:x + crop] for k, y, x in zip(ks, ys, xs)])
                 .contiguous(memory_format=fmt) for s in sources]
+
+    def whole(*sources: torch.Tensor) -> list[torch.Tensor]:
+        k = pick_planes(1)[0]
+        return [s[k:k + 1] for s in sources]
 
     params = list(net.parameters())
     # exponential moving average of the weights: steadies the end of short runs
@@ -129,13 +143,13 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
     done = 0
     report_every = max(total // 50, 1)
     for _ in range(config.warmup_steps):
-        step(*(crops(raw, target) if crop else (raw, target)))
+        step(*(crops(raw, target) if crop else whole(raw, target)))
         done += 1
     for _ in range(config.samples):
         if crop:  # one batch of crops per sample, noise drawn on the crops alone
             clean, tgt, lvl = crops(target, target, level)
         else:
-            clean, tgt, lvl = target, target, level
+            clean, tgt, lvl = whole(target, target, level)
         noisy = add_noise(clean, lvl, config.noise, gen).contiguous(memory_format=fmt)
         for _ in range(config.steps_per_sample):
             step(noisy, tgt)

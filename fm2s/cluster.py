@@ -1,0 +1,102 @@
+"""Where dask tasks run: local threads (default), a local cluster of worker processes,
+or an existing dask.distributed cluster."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import dask
+
+from .errors import FM2SError
+
+
+class Runner:
+    """Runs lists of dask tasks and reports each one's completion.
+
+    Parameters
+    ----------
+    client
+        A ``distributed.Client``, or None for the local threaded scheduler.
+    threads
+        Threads of the local scheduler.
+    """
+
+    def __init__(self, client=None, threads: int | None = None) -> None:
+        self.client = client
+        self.threads = threads or os.cpu_count() or 1
+
+    def describe(self) -> str:
+        """Where the tasks run, in words."""
+        if self.client is None:
+            return f"{self.threads} local threads"
+        workers = self.client.scheduler_info().get("workers", {})
+        threads = sum(w.get("nthreads", 0) for w in workers.values())
+        return (f"dask cluster {self.client.scheduler.address} ({len(workers)} workers, "
+                f"{threads} threads)")
+
+    def run(self, tasks: Sequence, done: Callable[[int], None] | None = None) -> list:
+        """Compute ``tasks`` (dask delayed objects); call ``done(i)`` as task ``i`` finishes."""
+        if not tasks:
+            return []
+        if self.client is not None:
+            from distributed import as_completed
+
+            futures = self.client.compute(list(tasks))
+            index = {f.key: i for i, f in enumerate(futures)}
+            for future in as_completed(futures):
+                future.result()  # raises the task's error here
+                if done is not None:
+                    done(index[future.key])
+            return [f.result() for f in futures]
+        from dask.callbacks import Callback
+
+        index = {t.key: i for i, t in enumerate(tasks)}
+
+        class _Done(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if done is not None and key in index:
+                    done(index[key])
+
+        with _Done():
+            return list(dask.compute(*tasks, scheduler="threads", num_workers=self.threads))
+
+
+@contextmanager
+def runner(scheduler: str | None = None, workers: int | None = None) -> Iterator[Runner]:
+    """A :class:`Runner` for ``--scheduler ADDRESS``, ``--workers N`` or neither.
+
+    ``--workers N`` starts a local cluster of N single-threaded worker processes and
+    stops it afterwards; ``--scheduler`` connects to a running scheduler.
+    """
+    if scheduler and workers:
+        raise FM2SError("--scheduler and --workers exclude each other: give one")
+    if not scheduler and not workers:
+        yield Runner()
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover - a dependency
+        raise FM2SError("dask.distributed is not installed: pip install distributed") from None
+    if workers is not None and workers < 1:
+        raise FM2SError(f"--workers {workers}: give a positive number of worker processes")
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except (OSError, TimeoutError) as exc:
+            raise FM2SError(f"cannot reach the dask scheduler at {scheduler} ({exc}): check the "
+                            "address and that 'dask scheduler' runs there") from None
+        try:
+            yield Runner(client)
+        finally:
+            client.close()
+        return
+    with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=50)
+    try:
+        with Client(cluster) as client:
+            yield Runner(client)
+    finally:
+        cluster.close()

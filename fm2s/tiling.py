@@ -1,0 +1,136 @@
+"""Tiled inference over dask arrays.
+
+Every YX plane is cut into blocks aligned with the output's chunks; each block gets a
+halo equal to the model's receptive field (``dask.array.map_overlap``) and is denoised
+in tiles of ``tile`` pixels that get the same halo. A pixel's result then depends only
+on pixels the whole-plane inference would also use, in the same arithmetic, so the
+tiled result equals the whole-plane result exactly, whatever the tile and chunk sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import dask.array as da
+import numpy as np
+
+from .recipes import DEFAULT_TILE
+from .runtime import shared_denoiser
+from .volume import WRITE_CHUNK
+
+
+def tiled(plane: np.ndarray, run: Callable[[np.ndarray], np.ndarray], tile: int,
+          halo: int) -> np.ndarray:
+    """Apply ``run`` to an (..., H, W) array in tiles of ``tile`` pixels with ``halo`` context.
+
+    ``run`` maps an (N, h, w) float32 array to an array of the same shape and looks at
+    most ``halo`` pixels away; the result equals ``run`` on the whole array.
+    """
+    shape = plane.shape
+    h, w = shape[-2:]
+    flat = np.ascontiguousarray(plane.reshape((-1, h, w)), dtype=np.float32)
+    out = np.empty(flat.shape, np.float32)
+    for y in range(0, h, tile):
+        for x in range(0, w, tile):
+            y0, y1 = max(y - halo, 0), min(y + tile + halo, h)
+            x0, x1 = max(x - halo, 0), min(x + tile + halo, w)
+            ye, xe = min(y + tile, h), min(x + tile, w)
+            res = run(np.ascontiguousarray(flat[:, y0:y1, x0:x1]))
+            out[:, y:ye, x:xe] = res[:, y - y0:ye - y0, x - x0:xe - x0]
+    return out.reshape(shape)
+
+
+def tiles_in(shape: tuple[int, int], tile: int) -> int:
+    """Number of tiles :func:`tiled` runs on an (H, W) array."""
+    return -(-shape[0] // tile) * -(-shape[1] // tile)
+
+
+def block_chunks(shape: tuple[int, ...], tile: int, halo: int,
+                 chunk: int = WRITE_CHUNK) -> tuple[tuple[int, ...], ...]:
+    """Dask chunks for tiled inference: one plane deep, YX blocks made of whole output chunks.
+
+    A block is the smallest multiple of the output chunk that holds a tile, so blocks
+    never share an output chunk; a last block thinner than the halo joins its neighbour.
+    """
+    chunks: list[tuple[int, ...]] = [(1,) * n for n in shape[:-2]]
+    for n in shape[-2:]:
+        c = min(n, chunk)
+        side = c * max(1, -(-min(tile, n) // c))
+        sizes = [side] * (n // side) + ([n % side] if n % side else [])
+        if len(sizes) > 1 and sizes[-1] < max(halo, 1):
+            sizes[-2:] = [sizes[-2] + sizes[-1]]
+        chunks.append(tuple(sizes))
+    return tuple(chunks)
+
+
+def _denoise_block(block: np.ndarray, models: tuple[bytes, ...], provider: str, tile: int,
+                   halo: int, out_dtype: np.dtype, c_axis: int | None,
+                   block_info: dict | None = None) -> np.ndarray:
+    channel = block_info[None]["chunk-location"][c_axis] if c_axis is not None else 0
+    model = shared_denoiser(models[channel if len(models) > 1 else 0], provider)
+    out = tiled(block, model, tile, halo)
+    if np.issubdtype(out_dtype, np.integer):
+        info = np.iinfo(out_dtype)
+        return np.clip(np.rint(out), info.min, info.max).astype(out_dtype)
+    return out.astype(out_dtype)
+
+
+def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int = DEFAULT_TILE,
+                  c_axis: int | None = None, dtype: np.dtype | None = None,
+                  provider: str = "cpu", chunk: int = WRITE_CHUNK) -> da.Array:
+    """Lazily denoise every YX plane of ``data`` with ONNX models, tile by tile.
+
+    Parameters
+    ----------
+    data
+        Dask array whose last two axes are Y and X.
+    models
+        Serialized ONNX models: one for all planes, or one per index along ``c_axis``.
+    halo
+        Receptive-field radius of the models, in pixels.
+    tile
+        Tile side in pixels of one onnxruntime call.
+    c_axis
+        The channel axis, when ``models`` holds one model per channel.
+    dtype
+        Output pixel type (default: the input's; integers rounded and clipped).
+    provider
+        onnxruntime provider (``cpu``, ``cuda`` or ``auto``), resolved where tasks run.
+    chunk
+        Output chunk side: blocks are made of whole output chunks.
+
+    Returns
+    -------
+    dask.array.Array
+        Same shape as ``data``, chunked into blocks of whole output chunks.
+    """
+    if tile < 1 or halo < 0:
+        raise ValueError("tile must be positive and halo non-negative")
+    if len(models) > 1 and (c_axis is None or data.shape[c_axis] != len(models)):
+        raise ValueError("one model per channel needs c_axis and as many models as channels")
+    dtype = np.dtype(dtype or data.dtype)
+    data = data.rechunk(block_chunks(data.shape, tile, halo, chunk))
+    depth = {data.ndim - 2: halo, data.ndim - 1: halo}
+    return data.map_overlap(
+        _denoise_block, depth=depth, boundary="none", allow_rechunk=False, dtype=dtype,
+        meta=np.empty((0,) * data.ndim, dtype), models=tuple(models), provider=provider,
+        tile=tile, halo=halo, out_dtype=dtype, c_axis=c_axis)
+
+
+def _write_block(block: np.ndarray, target, block_info: dict | None = None) -> np.ndarray:
+    region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
+    target[region] = block
+    return np.full((1,) * block.ndim, block.size, np.int64)
+
+
+def write_tasks(array: da.Array, target) -> list:
+    """One dask task per block that writes it into the zarr array ``target``.
+
+    Blocks must be made of whole chunks of ``target`` (as :func:`denoise_array` and
+    :func:`fm2s.volume.downsample` make them), so that no two tasks write one chunk.
+    Each task returns the number of voxels it wrote.
+    """
+    counts = array.map_blocks(_write_block, target=target, dtype=np.int64,
+                              chunks=tuple((1,) * len(c) for c in array.chunks),
+                              meta=np.empty((0,) * array.ndim, np.int64))
+    return list(counts.to_delayed().ravel())
