@@ -294,8 +294,12 @@ def _open_tiff(path: Path, axes: str | None, ngff: str | None) -> Volume:
                         f"{'tczyx'[-len(shape):]}" + (" (an RGB image cannot be denoised as "
                                                        "one channel)" if "S" in found else ""))
                 axes = "".join(_TIFF_AXES[a] for a in found)
-            axes = check_axes(axes, len(shape), f"'{path}'")
-            scales, units, omero, kind = _tiff_metadata(tif, axes)
+            stored = axes.lower()
+            # ImageJ stores TZCYX: read the planes in tczyx order (a lazy transpose)
+            axes = "".join(sorted(stored, key=lambda a: "tczyx".index(a) if a in "tczyx" else 9))
+            axes = check_axes(axes if stored.endswith("yx") else stored, len(shape), f"'{path}'")
+            order = [stored.index(a) for a in axes]
+            scales, units, omero, kind = _tiff_metadata(tif, stored)
     except FM2SError:
         raise
     except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
@@ -304,7 +308,9 @@ def _open_tiff(path: Path, axes: str | None, ngff: str | None) -> Volume:
     reader = _TiffPlanes(str(path), 0, shape, dtype)
     data = da.from_array(reader, chunks=(1,) * (len(shape) - 2) + shape[-2:], asarray=True,
                          name=f"tiff-{uuid.uuid5(uuid.NAMESPACE_URL, str(path.resolve()))}",
-                         meta=np.empty((0,) * len(shape), dtype))
+                         meta=np.empty((0,) * len(shape), dtype)).transpose(order)
+    shape = data.shape
+    level_shapes = [tuple(lv[i] for i in order) for lv in level_shapes]
     ms = _multiscale_for(axes, shape, scales, units, path.name)
     if len(level_shapes) > 1:  # an OME-TIFF pyramid: keep its levels
         base = ms["datasets"][0]["coordinateTransformations"][0]["scale"]

@@ -223,10 +223,12 @@ def train_and_apply_volume(source: str | Path, output: Path | None = None, recip
                            scheduler: str | None = None, workers: int | None = None,
                            dtype: str | None = None, save_model: Path | None = None,
                            overwrite: bool = False, quiet: bool = False, axes: str | None = None,
-                           ngff: str | None = None, command: str | None = None) -> str:
+                           ngff: str | None = None, command: str | None = None,
+                           **overrides) -> str:
     """Train one model per channel on ``train_planes`` planes, then denoise the whole volume.
 
-    Returns a one-paragraph summary. Nothing is written when an input or option is bad.
+    ``overrides`` change schedule fields of the recipe (see :func:`fm2s.train`). Returns a
+    one-paragraph summary. Nothing is written when an input or option is bad.
     """
     volume = open_volume(source, axes, ngff)
     _check_volume(volume)
@@ -245,7 +247,8 @@ def train_and_apply_volume(source: str | Path, output: Path | None = None, recip
             stack = check_image(np.asarray(planes[index].compute()), stack=True)
         progress = _Progress(quiet, f"training channel {c} ({len(index)} planes)")
         try:
-            model = train(stack, recipe, microscope, seed=seed, device=device, progress=progress)
+            model = train(stack, recipe, microscope, seed=seed, device=device, progress=progress,
+                          **overrides)
         finally:
             progress.close()
         data = model.to_onnx().SerializeToString()

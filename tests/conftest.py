@@ -26,3 +26,44 @@ def fmd() -> Path:
     if not (FMD / "raw").is_dir():
         pytest.skip("shared FMD images are absent (../shared/data/fmd)")
     return FMD
+
+
+def tree_bytes(root: Path, skip_metadata: bool = True) -> dict[str, bytes]:
+    """Every file under ``root`` by relative path (group metadata left out: it holds the date)."""
+    meta = {"zarr.json", ".zattrs"}
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not (skip_metadata and p.name in meta and p.parent == root)}
+
+
+def write_ngff(path: Path, data: np.ndarray, axes: str, version: str, levels: int = 2,
+               **metadata) -> Path:
+    """An OME-Zarr written by ome-zarr-py, an independent writer (NGFF 0.4 or 0.5)."""
+    import zarr
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import write_image
+
+    fmt = FormatV04() if version == "0.4" else FormatV05()
+    root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    chunks = tuple(1 for _ in axes[:-2]) + data.shape[-2:]
+    write_image(data, root, axes=axes, fmt=fmt, scale_factors=[2] * (levels - 1),
+                storage_options={"chunks": chunks}, **metadata)
+    return path
+
+
+@pytest.fixture(scope="session")
+def quick_model(tmp_path_factory) -> Path:
+    """A model trained in about a second (a short schedule), saved as ONNX."""
+    import fm2s
+
+    noisy, _ = synthetic_image((64, 80), np.random.default_rng(5))
+    model = fm2s.train(noisy, device="cpu", samples=4, warmup_steps=1)
+    return model.save(tmp_path_factory.mktemp("model") / "quick.onnx")
+
+
+@pytest.fixture
+def stack_uint16() -> np.ndarray:
+    """A small TCZYX-like uint16 stack (t=2, c=2, z=3) with planes of 75 x 133 pixels."""
+    from fm2s.sample import synthetic_stack
+
+    noisy, _ = synthetic_stack((2, 2, 3, 75, 133), np.random.default_rng(7))
+    return noisy

@@ -1,0 +1,81 @@
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from fm2s.runtime import OnnxDenoiser
+from fm2s.tiling import block_chunks, denoise_array, tiled, tiles_in, write_tasks
+
+
+@pytest.fixture(scope="module")
+def runtime(quick_model):
+    return OnnxDenoiser(quick_model, provider="cpu", threads=1)
+
+
+@pytest.mark.parametrize("tile", [8, 16, 23, 64, 500])
+def test_tiled_equals_whole_plane(runtime, stack_uint16, tile):
+    planes = stack_uint16[0, 0].astype(np.float32)  # 3 planes of 75 x 133
+    whole = runtime(planes)
+    out = tiled(planes, runtime, tile, runtime.halo)
+    assert np.array_equal(out, whole)
+
+
+def test_a_halo_too_small_changes_the_result(runtime, stack_uint16):
+    planes = stack_uint16[0, 0].astype(np.float32)
+    assert not np.array_equal(tiled(planes, runtime, 16, runtime.halo - 1), runtime(planes))
+
+
+@pytest.mark.parametrize("shape,tile,chunk", [((2, 75, 133), 64, 32), ((3, 1030, 70), 512, 1024),
+                                              ((1, 1027, 9), 4096, 1024), ((5, 40), 7, 16)])
+def test_blocks_are_whole_output_chunks(shape, tile, chunk):
+    chunks = block_chunks(shape, tile, 5, chunk)
+    assert all(c == (1,) * n for c, n in zip(chunks[:-2], shape[:-2]))
+    for sizes, n in zip(chunks[-2:], shape[-2:]):
+        assert sum(sizes) == n
+        starts = np.cumsum((0,) + sizes[:-1])
+        assert all(s % min(n, chunk) == 0 for s in starts)  # blocks start on chunk boundaries
+        assert min(sizes) >= 5 or len(sizes) == 1  # never thinner than the halo
+
+
+@pytest.mark.parametrize("in_chunks", [(1, 2, 40, 50), (2, 1, 75, 133), (1, 1, 17, 19)])
+def test_dask_result_equals_whole_plane_for_odd_chunks(runtime, quick_model, stack_uint16,
+                                                       in_chunks):
+    data = stack_uint16[:, :, 0]  # (t, c, y, x) = (2, 2, 75, 133)
+    model = quick_model.read_bytes()
+    lazy = denoise_array(da.from_array(data, chunks=in_chunks), [model], runtime.halo, tile=32,
+                         chunk=48)
+    got = lazy.compute(scheduler="threads")
+    expect = np.clip(np.rint(runtime(data.reshape(-1, 75, 133).astype(np.float32))), 0, 65535)
+    assert got.dtype == np.uint16
+    assert np.array_equal(got, expect.astype(np.uint16).reshape(data.shape))
+
+
+def test_one_model_per_channel(runtime, quick_model, tmp_path, stack_uint16):
+    import fm2s
+
+    other = fm2s.train(stack_uint16[0, 1, 0], device="cpu", samples=2, warmup_steps=1, seed=9)
+    models = [quick_model.read_bytes(), other.to_onnx().SerializeToString()]
+    data = stack_uint16[:, :, 0]
+    got = denoise_array(da.from_array(data), models, 5, tile=64, c_axis=1,
+                        dtype=np.float32).compute()
+    assert np.array_equal(got[:, 0], runtime(data[:, 0].astype(np.float32)))
+    assert np.array_equal(got[:, 1], other.runtime("cpu")(data[:, 1].astype(np.float32)))
+
+
+def test_write_tasks_fill_the_target_once(tmp_path):
+    data = da.from_array(np.arange(3 * 70 * 90, dtype=np.uint16).reshape(3, 70, 90),
+                         chunks=(1, 64, 64))
+    target = zarr.create_array(tmp_path / "t.zarr", shape=data.shape, chunks=(1, 32, 32),
+                               dtype=np.uint16)
+    tasks = write_tasks(data, target)
+    assert len(tasks) == 3 * 2 * 2
+    import dask
+
+    counts = dask.compute(*tasks)
+    assert sum(int(c.sum()) for c in counts) == data.size
+    assert np.array_equal(target[:], data.compute())
+
+
+def test_tiles_in():
+    assert tiles_in((75, 133), 64) == 2 * 3
+    assert tiles_in((64, 64), 64) == 1

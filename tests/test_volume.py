@@ -1,0 +1,115 @@
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from conftest import write_ngff
+from fm2s.errors import FM2SError
+from fm2s.volume import (OutputImage, check_axes, default_output, downsample, open_volume,
+                         write_chunks)
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_reads_ome_zarr_from_an_independent_writer(tmp_path, stack_uint16, version):
+    path = write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", version, levels=3)
+    vol = open_volume(path)
+    assert vol.kind == "OME-Zarr" and vol.ngff == version and vol.axes == "tczyx"
+    assert vol.data.shape == stack_uint16.shape and vol.data.dtype == np.uint16
+    assert len(vol.level_shapes) == 3 and vol.level_shapes[1][-2:] == (37, 66)
+    assert vol.channels == 2
+    assert np.array_equal(vol.channel_planes(1).compute(), stack_uint16[:, 1].reshape(-1, 75, 133))
+
+
+def test_plain_zarr_needs_axes(tmp_path, stack_uint16):
+    z = zarr.create_array(tmp_path / "plain.zarr", shape=(3, 75, 133), dtype=np.uint16,
+                          chunks=(1, 75, 133), zarr_format=2)
+    z[:] = stack_uint16[0, 0]
+    with pytest.raises(FM2SError, match="--axes"):
+        open_volume(tmp_path / "plain.zarr")
+    vol = open_volume(tmp_path / "plain.zarr", axes="zyx")
+    assert vol.axes == "zyx" and vol.ngff == "0.4" and vol.level_shapes == [(3, 75, 133)]
+    with pytest.raises(FM2SError, match="dimensions"):
+        open_volume(tmp_path / "plain.zarr", axes="tzyx")
+
+
+@pytest.mark.parametrize("axes", ["yxz", "tt", "zxy", "abc"])
+def test_bad_axes(axes):
+    with pytest.raises(FM2SError):
+        check_axes(axes, len(axes), "x")
+
+
+def test_imagej_hyperstack_with_calibration(tmp_path, stack_uint16):
+    data = stack_uint16.transpose(0, 2, 1, 3, 4)  # TZCYX, ImageJ's order
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.2, 1 / 0.2),
+                     metadata={"axes": "TZCYX", "spacing": 0.5, "unit": "um", "finterval": 3.0})
+    vol = open_volume(path)
+    assert vol.kind == "ImageJ TIFF" and vol.axes == "tczyx"  # ImageJ's TZC read as t, c, z
+    assert np.array_equal(vol.data.compute(), stack_uint16)
+    scale = vol.multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == pytest.approx([3.0, 1.0, 0.5, 0.2, 0.2])
+    units = {a["name"]: a.get("unit") for a in vol.multiscale["axes"]}
+    assert units == {"t": "second", "c": None, "z": "micrometer", "y": "micrometer",
+                     "x": "micrometer"}
+
+
+def test_generic_tiff_stack_asks_for_axes(tmp_path, stack_uint16):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, stack_uint16[0, 0], photometric="minisblack")  # no axes metadata
+    with pytest.raises(FM2SError, match="--axes"):
+        open_volume(path)
+    assert open_volume(path, axes="zyx").axes == "zyx"
+
+
+def test_bioformats2raw_layout_reads_series_0(tmp_path, stack_uint16):
+    root = zarr.open_group(tmp_path / "b2r.zarr", mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    write_ngff(tmp_path / "b2r.zarr" / "0", stack_uint16[0], "czyx", "0.4")
+    vol = open_volume(tmp_path / "b2r.zarr")
+    assert vol.axes == "czyx" and "bioformats2raw" in vol.notes[0]
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: None, "does not exist"),
+    (lambda p: zarr.open_group(p, mode="w"), "without an OME-Zarr image"),
+    (lambda p: zarr.open_group(p, mode="w").attrs.update({"plate": {}}), "HCS plate"),
+    (lambda p: zarr.open_group(p, mode="w", zarr_format=2).attrs.update(
+        {"multiscales": [{"version": "0.3", "axes": ["y", "x"], "datasets": []}]}), "0.3"),
+    (lambda p: p.mkdir(), "cannot open"),
+])
+def test_bad_volumes_get_clear_errors(tmp_path, make, match):
+    path = tmp_path / "bad.zarr"
+    make(path)
+    with pytest.raises(FM2SError, match=match):
+        open_volume(path)
+
+
+@pytest.mark.parametrize("src,out", [
+    ("a/cells.ome.zarr", "a/cells.fm2s.ome.zarr"), ("a/cells.zarr/", "a/cells.fm2s.zarr"),
+    ("a/cells.ome.tif", "a/cells.fm2s.ome.zarr"), ("b/s.tiff", "b/s.fm2s.ome.zarr"),
+    ("http://host/data/x.ome.zarr", "x.fm2s.ome.zarr")])
+def test_default_output(src, out):
+    assert str(default_output(src)) == out
+
+
+@pytest.mark.parametrize("shape,target", [((2, 75, 133), (2, 37, 66)), ((2, 75, 133), (2, 38, 67)),
+                                          ((4, 9, 9), (2, 5, 5))])
+def test_downsample_matches_any_level_shape(shape, target):
+    data = np.random.default_rng(0).integers(0, 60000, shape).astype(np.uint16)
+    small = downsample(da.from_array(data, chunks=(1, 32, 32)), target, np.uint16).compute()
+    assert small.shape == target and small.dtype == np.uint16
+    f = [round(a / b) for a, b in zip(shape, target)]
+    assert small[0, 0, 0] == np.rint(data[:f[0], :f[1], :f[2]].mean())
+
+
+def test_output_chunks_hold_one_plane():
+    assert write_chunks((4, 2, 30, 2048, 700)) == (1, 1, 1, 1024, 700)
+
+
+def test_aborted_output_leaves_nothing(tmp_path, stack_uint16):
+    vol = open_volume(write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5"))
+    out = OutputImage(tmp_path / "out.ome.zarr", vol, np.uint16)
+    assert out.tmp.exists() and not (tmp_path / "out.ome.zarr").exists()
+    out.abort()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]

@@ -1,0 +1,240 @@
+"""Volumes end to end: OME-Zarr / TIFF / http in, OME-Zarr out, through the command line."""
+
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from typer.testing import CliRunner
+
+from conftest import tree_bytes, write_ngff
+from fm2s.cli import app
+from fm2s.volume_jobs import resolve_models, train_and_apply_volume, training_planes
+
+runner = CliRunner()
+QUICK = {"samples": 4, "warmup_steps": 1}  # a short schedule: these tests check plumbing
+
+
+def _invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _attrs(path):
+    attrs = zarr.open_group(path, mode="r").attrs.asdict()
+    return attrs.get("ome", attrs), attrs
+
+
+def _validate(path, version):
+    if version == "0.4":
+        from ome_zarr_models.v04.image import Image
+    else:
+        from ome_zarr_models.v05.image import Image
+    return Image.from_zarr(zarr.open_group(path, mode="r"))
+
+
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_ome_zarr_in_ome_zarr_out(tmp_path, stack_uint16, version):
+    src = write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", version, levels=3,
+                     scale={"t": 2.0, "z": 0.5, "y": 0.1, "x": 0.1},
+                     axes_units={"t": "second", "z": "micrometer", "y": "micrometer",
+                                 "x": "micrometer"})
+    root = zarr.open_group(src, mode="a")
+    meta_key = "ome" if version == "0.5" else None
+    omero = {"channels": [{"label": "dapi", "color": "0000FF", "window": {
+        "start": 0, "end": 300, "min": 0, "max": 65535}}, {"label": "gfp", "color": "00FF00", "window": {
+        "start": 10, "end": 900, "min": 0, "max": 65535}}]}
+    if meta_key:
+        root.attrs["ome"] = {**root.attrs["ome"], "omero": omero}
+    else:
+        root.attrs["omero"] = omero
+    before = tree_bytes(src, skip_metadata=False)
+    out = tmp_path / "out.ome.zarr"
+    summary = train_and_apply_volume(src, out, device="cpu", quiet=True, train_planes=2,
+                                     save_model=tmp_path / "m.onnx", **QUICK)
+    assert "3 level(s)" in summary and f"NGFF {version}" in summary
+    assert tree_bytes(src, skip_metadata=False) == before  # input untouched
+
+    _validate(out, version)  # an independent validator accepts it
+    (mi, _), (mo, attrs) = _attrs(src), _attrs(out)
+    msi, mso = mi["multiscales"][0], mo["multiscales"][0]
+    assert mso["axes"] == msi["axes"]
+    assert [d["coordinateTransformations"] for d in mso["datasets"]] == \
+        [d["coordinateTransformations"] for d in msi["datasets"]]
+    assert mo["omero"] == omero
+    levels_in = [zarr.open_array(src / d["path"]) for d in msi["datasets"]]
+    levels_out = [zarr.open_array(out / d["path"]) for d in mso["datasets"]]
+    assert [a.shape for a in levels_out] == [a.shape for a in levels_in]
+    assert all(a.dtype == np.uint16 for a in levels_out)
+    assert levels_out[0].chunks == (1, 1, 1, 75, 133)  # one plane per chunk
+    denoised = levels_out[0][:]
+    assert np.std(np.diff(denoised.astype(float), axis=-1)) < \
+        0.5 * np.std(np.diff(stack_uint16.astype(float), axis=-1))  # much smoother
+    prov = attrs["fm2s"]
+    assert len(prov["channels"]) == 2 and prov["channels"][1]["model_file"].endswith("m_c1.onnx")
+    assert prov["channels"][0]["training_planes"] == [0, 5]  # 2 of the 6 t x z planes
+    assert (tmp_path / "m_c0.onnx").exists() and (tmp_path / "m_c1.onnx").exists()
+
+    # the ome-zarr-py reader sees the same pyramid
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    node = next(iter(Reader(parse_url(str(out)))()))
+    assert len(node.data) == 3
+
+    # apply with the saved per-channel models reproduces the output exactly
+    again = tmp_path / "again.ome.zarr"
+    res = _invoke("apply", tmp_path / "m.onnx", src, "-o", again, "--provider", "cpu", "-q")
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(zarr.open_array(again / mso["datasets"][0]["path"])[:], denoised)
+
+
+def test_float32_output(tmp_path, stack_uint16, quick_model):
+    src = write_ngff(tmp_path / "in.ome.zarr", stack_uint16[:, :1], "tczyx", "0.5", levels=1)
+    res = _invoke("apply", quick_model, src, "--dtype", "float32", "-q", "--provider", "cpu")
+    assert res.exit_code == 0, res.output
+    out = zarr.open_array(tmp_path / "in.fm2s.ome.zarr" / "s0")
+    assert out.dtype == np.float32 and not np.all(out[:] == np.rint(out[:]))
+
+
+def test_tile_size_does_not_change_a_byte(tmp_path, stack_uint16, quick_model):
+    src = write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.4", levels=2)
+    outs = []
+    for tile in (64, 4096):
+        out = tmp_path / f"t{tile}.ome.zarr"
+        res = _invoke("apply", quick_model, src, "-o", out, "--tile", tile, "-q")
+        assert res.exit_code == 0, res.output
+        outs.append(tree_bytes(out))
+    assert outs[0] == outs[1] and len(outs[0]) > 2 * 2 * 3
+
+
+def test_cli_train_and_apply_default_recipe(tmp_path, stack_uint16):
+    """The whole command with the default recipe, on a one-channel z-stack."""
+    src = write_ngff(tmp_path / "z.ome.zarr", stack_uint16[0, 0], "zyx", "0.5", levels=2)
+    res = _invoke("train-and-apply", src, "--device", "cpu", "--save-model",
+                  tmp_path / "z.onnx", "--seed", 2)
+    assert res.exit_code == 0, res.output
+    assert "1 model(s) fast/confocal, 725 steps" in res.output
+    assert (tmp_path / "z.onnx").exists()
+    out = tmp_path / "z.fm2s.ome.zarr"
+    _validate(out, "0.5")
+    _, attrs = _attrs(out)
+    assert attrs["fm2s"]["command"].startswith("fm2s-tile")
+    assert attrs["fm2s"]["channels"][0]["seed"] == 2
+
+
+def test_imagej_hyperstack_end_to_end(tmp_path, stack_uint16):
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, stack_uint16.transpose(0, 2, 1, 3, 4), imagej=True,
+                     resolution=(5.0, 5.0), metadata={"axes": "TZCYX", "spacing": 0.5,
+                                                      "unit": "um", "finterval": 3.0})
+    res = _invoke("info", path)
+    assert res.exit_code == 0 and "ImageJ TIFF" in res.output and "2 x 2 x 3 x 75 x 133" in \
+        res.output
+    summary = train_and_apply_volume(path, device="cpu", quiet=True, **QUICK)
+    out = tmp_path / "hyper.fm2s.ome.zarr"
+    assert str(out) in summary
+    _validate(out, "0.5")
+    ms, _ = _attrs(out)
+    assert ms["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == \
+        pytest.approx([3.0, 1.0, 0.5, 0.2, 0.2])
+    assert zarr.open_array(out / "0").shape == stack_uint16.shape
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    root = tmp_path / "served"
+    root.mkdir()
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = partial(Quiet, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_ome_zarr_end_to_end(tmp_path, http_server, stack_uint16, monkeypatch):
+    root, url = http_server
+    write_ngff(root / "remote.ome.zarr", stack_uint16[:, 0], "tzyx", "0.4", levels=2)
+    res = _invoke("info", f"{url}/remote.ome.zarr")
+    assert res.exit_code == 0, res.output
+    assert "NGFF 0.4" in res.output and "levels: 2" in res.output
+    monkeypatch.chdir(tmp_path)
+    summary = train_and_apply_volume(f"{url}/remote.ome.zarr", device="cpu", quiet=True, **QUICK)
+    out = tmp_path / "remote.fm2s.ome.zarr"  # a URL's output goes to the current folder
+    assert "-> remote.fm2s.ome.zarr" in summary
+    _validate(out, "0.4")
+    assert zarr.open_array(out / "s1").shape == (2, 3, 37, 66)
+
+
+def test_sample_command_writes_valid_ome_zarr(tmp_path):
+    res = _invoke("sample", tmp_path / "s.ome.zarr", "--seed", 3)
+    assert res.exit_code == 0, res.output
+    for name in ("s.ome.zarr", "s.truth.ome.zarr"):
+        _validate(tmp_path / name, "0.5")
+    noisy = zarr.open_array(tmp_path / "s.ome.zarr" / "0")
+    truth = zarr.open_array(tmp_path / "s.truth.ome.zarr" / "0")
+    assert noisy.dtype == np.uint16 and noisy.shape == truth.shape and noisy.ndim == 5
+    res = _invoke("sample", tmp_path / "s.ome.zarr")
+    assert res.exit_code == 1 and "exists" in res.output
+
+
+def test_training_planes_spread_evenly():
+    assert training_planes(40, 8) == [0, 6, 11, 17, 22, 28, 33, 39]
+    assert training_planes(3, 8) == [0, 1, 2]
+    assert training_planes(10, 1) == [4]
+
+
+def test_resolve_models(tmp_path, quick_model):
+    assert resolve_models(quick_model, 3) == [quick_model]
+    with pytest.raises(Exception, match="2 models were given for 3"):
+        resolve_models(f"{quick_model},{quick_model}", 3)
+    with pytest.raises(Exception, match="does not exist"):
+        resolve_models(tmp_path / "none.onnx", 2)
+
+
+def _one_line_error(res):
+    lines = res.output.strip().splitlines()
+    return res.exit_code != 0 and len(lines) == 1 and lines[0].startswith("error: ") \
+        and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--tile", "4"], "--tile 4 is too small"),
+    (["-o", "{tmp}/out.tif"], "ending in .ome.zarr"),
+    (["-o", "{tmp}/in.ome.zarr/inner.zarr"], "nest in the input"),
+    (["-o", "{tmp}/nofolder/out.ome.zarr"], "does not exist"),
+    (["--axes", "czyx"], "contradicts"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "exclude each other"),
+    (["--save-model", "{tmp}/m.txt"], "should end in .onnx"),
+    (["--ngff", "0.3"], "0.3"),
+])
+def test_bad_volume_options_get_one_line_and_write_nothing(tmp_path, stack_uint16, extra, match):
+    src = write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5", levels=1)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = _invoke("train-and-apply", src, *[e.format(tmp=tmp_path) for e in extra])
+    assert _one_line_error(res), res.output
+    assert match in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_apply_checks_the_model_count(tmp_path, stack_uint16, quick_model):
+    src = write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5", levels=1)
+    res = _invoke("apply", f"{quick_model},{quick_model},{quick_model}", src)
+    assert _one_line_error(res) and "3 models were given for 2 channel(s)" in res.output
+    assert not (tmp_path / "in.fm2s.ome.zarr").exists()
+
+
+def test_info_on_a_2d_image(tmp_path, noisy_and_truth):
+    from fm2s.imageio import write_image
+
+    write_image(tmp_path / "a.tif", noisy_and_truth[0])
+    res = _invoke("info", tmp_path / "a.tif")
+    assert res.exit_code == 0 and "2D TIFF image, 80 x 64 pixels, uint16" in res.output
