@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import tifffile
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -14,7 +13,6 @@ from .api import TrainedModel, apply, train
 from .errors import FM2SError
 from .imageio import image_format, read_image, write_image
 from .runtime import OnnxDenoiser
-from .sample import psnr, synthetic_image
 
 
 def default_output(image: Path) -> Path:
@@ -169,19 +167,3 @@ def info_any(source: str, axes: str | None = None) -> str:
     return (f"{source}: 2D {image_format(source).upper()} image, {pixels.shape[1]} x "
             f"{pixels.shape[0]} pixels, {pixels.dtype}\n  train-and-apply: one model; output "
             f"{default_output(Path(source))}")
-
-
-def demo_2d(folder: Path, seed: int = 0, quiet: bool = False, size: int = 256) -> str:
-    """Write a synthetic noisy image and its truth to ``folder``, denoise it, report PSNRs."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    noisy, truth = synthetic_image((size, size), np.random.default_rng(seed))
-    noisy_path, truth_path = folder / "noisy.tif", folder / "ground_truth.tif"
-    write_image(noisy_path, noisy)
-    write_image(truth_path, truth)
-    summary = train_and_apply_file(noisy_path, folder / "denoised.tif", seed=seed,
-                                   overwrite=True, quiet=quiet, device="auto")
-    denoised = read_image(folder / "denoised.tif")
-    before, after = psnr(noisy, truth), psnr(denoised, truth)
-    return (f"{summary}\nPSNR against the ground truth: noisy {before:.2f} dB -> denoised "
-            f"{after:.2f} dB (+{after - before:.2f} dB); images in {folder}/")

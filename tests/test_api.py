@@ -28,7 +28,7 @@ def test_train_save_and_apply_a_saved_model(tmp_path, noisy_and_truth):
 
 @pytest.mark.parametrize("image, match", [
     (np.zeros((4, 40), np.uint8), "at least 8 x 8"),
-    (np.zeros((3, 20, 20), np.uint8), "2D"),
+    (np.zeros((2, 3, 20, 20), np.uint8), "2D"),
     (np.full((10, 10), np.nan, np.float32), "NaN"),
 ])
 def test_bad_arrays_are_refused(image, match):

@@ -3,11 +3,17 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-
 from conftest import write_ngff
+
 from fm2s.errors import FM2SError
-from fm2s.volume import (OutputImage, check_axes, default_output, downsample, open_volume,
-                         write_chunks)
+from fm2s.volume import (
+    OutputImage,
+    check_axes,
+    default_output,
+    downsample,
+    open_volume,
+    write_chunks,
+)
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from conftest import tree_bytes, write_ngff
 from typer.testing import CliRunner
 
-from conftest import tree_bytes, write_ngff
 from fm2s.cli import app
 from fm2s.volume_jobs import resolve_models, train_and_apply_volume, training_planes
 
@@ -43,9 +43,11 @@ def test_ome_zarr_in_ome_zarr_out(tmp_path, stack_uint16, version):
                                  "x": "micrometer"})
     root = zarr.open_group(src, mode="a")
     meta_key = "ome" if version == "0.5" else None
-    omero = {"channels": [{"label": "dapi", "color": "0000FF", "window": {
-        "start": 0, "end": 300, "min": 0, "max": 65535}}, {"label": "gfp", "color": "00FF00", "window": {
-        "start": 10, "end": 900, "min": 0, "max": 65535}}]}
+    omero = {"channels": [
+        {"label": "dapi", "color": "0000FF",
+         "window": {"start": 0, "end": 300, "min": 0, "max": 65535}},
+        {"label": "gfp", "color": "00FF00",
+         "window": {"start": 10, "end": 900, "min": 0, "max": 65535}}]}
     if meta_key:
         root.attrs["ome"] = {**root.attrs["ome"], "omero": omero}
     else:
