@@ -6,7 +6,7 @@ pixels, one plane per chunk), trains a model on one plane, then runs the whole
 wall time and throughput. Needs about twice ``--gib`` of free disk in ``--workdir``.
 
     python benchmarks/memory.py                       # 4 GiB, as in the project's issue
-    python benchmarks/memory.py --gib 0.25 --tile 1024
+    python benchmarks/memory.py --gib 0.25 --tiles 128,256,512,1024,2048   # choose --tile
 """
 
 from __future__ import annotations
@@ -51,7 +51,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gib", type=float, default=4.0, help="volume size in GiB (uint16)")
     ap.add_argument("--side", type=int, default=2048, help="plane side in pixels")
-    ap.add_argument("--tile", type=int, default=None, help="--tile of the apply command")
+    ap.add_argument("--tiles", default="", help="--tile values of the apply command, "
+                    "comma-separated (default: the command's default)")
     ap.add_argument("--workdir", type=Path, default=Path("benchmark-memory"))
     ap.add_argument("--keep", action="store_true", help="keep the volumes afterwards")
     args = ap.parse_args()
@@ -67,18 +68,18 @@ def main() -> None:
     print(f"volume: {planes} x {args.side} x {args.side} uint16 = {gib:.2f} GiB, written in "
           f"{time.perf_counter() - t0:.0f} s")
     fm2s.train(base[:512, :512], device="cpu").save(model)
-    cmd = [shutil.which("fm2s-tile") or "fm2s-tile", "apply", str(model), str(src), "-o",
-           str(out), "-q", "--provider", "cpu"]
-    if args.tile:
-        cmd += ["--tile", str(args.tile)]
-    res = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
-    if res.returncode:
-        sys.exit(f"apply failed:\n{res.stdout}\n{res.stderr}")
-    peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr)[1])
-    wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", res.stderr)[1]
-    print(res.stdout.strip())
-    print(f"peak resident memory: {peak_kib / 2**20:.2f} GiB ({peak_kib} KiB); wall {wall}; "
-          f"command: {' '.join(cmd)}")
+    for tile in args.tiles.split(",") if args.tiles else [None]:
+        shutil.rmtree(out, ignore_errors=True)
+        cmd = [shutil.which("fm2s-tile") or "fm2s-tile", "apply", str(model), str(src), "-o",
+               str(out), "-q", "--provider", "cpu"] + (["--tile", tile] if tile else [])
+        res = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True)
+        if res.returncode:
+            sys.exit(f"apply failed:\n{res.stdout}\n{res.stderr}")
+        peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", res.stderr)[1])
+        wall = re.search(r"Elapsed \(wall clock\) time.*: (\S+)", res.stderr)[1]
+        print(res.stdout.strip())
+        print(f"tile {tile or 'default'}: peak resident memory {peak_kib / 2**20:.2f} GiB "
+              f"({peak_kib} KiB); wall {wall}; command: {' '.join(cmd)}", flush=True)
     if not args.keep:
         shutil.rmtree(args.workdir, ignore_errors=True)
 

@@ -71,3 +71,27 @@ def test_cuda_path_is_taken_when_torch_reports_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device("auto") == torch.device("cuda")
     assert resolve_device("cuda") == torch.device("cuda")
+
+
+def test_a_one_plane_stack_trains_exactly_like_the_plane(noisy_and_truth):
+    noisy, _ = noisy_and_truth
+    a = _run(noisy, samples=3, seed=4)
+    b = _run(noisy[None], samples=3, seed=4)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("recipe_kw", [{}, {"crop": 0}])
+def test_a_stack_trains_on_all_its_planes(rng, recipe_kw):
+    """Planes with different content: a model trained on the stack denoises each of them."""
+    from fm2s.sample import synthetic_image
+
+    pairs = [synthetic_image((64, 80), rng) for _ in range(3)]
+    stack = np.stack([p[0] for p in pairs])
+    net = _run(stack, samples=30, steps_per_sample=4, seed=3, **recipe_kw)
+    norm = fit_normalization(stack, "minmax")
+    for noisy, truth in pairs:
+        x = torch.from_numpy(norm.forward(noisy))[None, None].repeat(1, 2, 1, 1)
+        with torch.no_grad():
+            out = norm.inverse(net(x).clamp(0, 1).mean(1)[0].numpy())
+        assert psnr(out, truth) > psnr(noisy, truth) + 3
