@@ -21,7 +21,7 @@ from .cluster import runner
 from .errors import FM2SError
 from .imageio import MIN_SIDE
 from .pipeline import _Progress
-from .recipes import DEFAULT_TILE, DEFAULT_TRAIN_PLANES
+from .recipes import DEFAULT_TILE, DEFAULT_TRAIN_PLANES, VOLUME_SAMPLES_FACTOR, make_config
 from .runtime import OnnxDenoiser
 from .sample import psnr, synthetic_stack
 from .tiling import denoise_array, tiles_in, write_tasks
@@ -239,6 +239,11 @@ def train_and_apply_volume(source: str | Path, output: Path | None = None, recip
     training_planes(1, train_planes)
     if scheduler and workers:
         raise FM2SError("--scheduler and --workers exclude each other: give one")
+    try:
+        config = make_config(recipe, microscope, seed=seed)
+    except (ValueError, TypeError) as exc:
+        raise FM2SError(str(exc)) from None
+    overrides = {"samples": config.samples * VOLUME_SAMPLES_FACTOR.get(recipe, 1), **overrides}
     models, records, devices, seconds = [], [], set(), 0.0
     for c in range(volume.channels):
         planes = volume.channel_planes(c)

@@ -23,5 +23,5 @@ def test_fmd_stacks_denoise_like_the_2d_engine(fmd, tmp_path):
         assert r["metadata_equal"] and r["dtype"] == "uint8"
         assert r["levels"] == (3 if r["layout"] == "T" else 2)
         assert all(s > n + 5 for s, n in zip(r["psnr"], noisy))  # every frame denoised
-        assert abs(np.mean(r["psnr"]) - np.mean(ref)) < 0.3, (r["psnr"], ref)
+        assert np.mean(r["psnr"]) > np.mean(ref) - 0.3, (r["psnr"], ref)  # not worse
     assert results[0]["psnr"] == results[1]["psnr"]  # the layout does not matter

@@ -118,7 +118,7 @@ def test_cli_train_and_apply_default_recipe(tmp_path, stack_uint16):
     res = _invoke("train-and-apply", src, "--device", "cpu", "--save-model",
                   tmp_path / "z.onnx", "--seed", 2)
     assert res.exit_code == 0, res.output
-    assert "1 model(s) fast/confocal, 725 steps" in res.output
+    assert "1 model(s) fast/confocal, 1445 steps" in res.output  # twice the 2D samples
     assert (tmp_path / "z.onnx").exists()
     out = tmp_path / "z.fm2s.ome.zarr"
     _validate(out, "0.5")
