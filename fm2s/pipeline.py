@@ -20,8 +20,12 @@ def default_output(image: Path) -> Path:
     return image.with_name(f"{image.stem}.fm2s{image.suffix}")
 
 
-def _check_new_file(path: Path, overwrite: bool, what: str) -> None:
-    if path.is_dir():
+def _check_new_file(path: Path, overwrite: bool, what: str, folder: bool = False) -> None:
+    """Refuse a path that exists (without ``overwrite``) or whose folder does not exist.
+
+    ``folder``: the path names a folder to create (an OME-Zarr image), not a file.
+    """
+    if path.is_dir() and not folder:
         raise FM2SError(f"{what} '{path}' is a folder: give a file name")
     if path.exists() and not overwrite:
         raise FM2SError(f"{what} '{path}' exists: remove it, choose another path "

@@ -20,7 +20,7 @@ from .api import check_image, train
 from .cluster import runner
 from .errors import FM2SError
 from .imageio import MIN_SIDE
-from .pipeline import _Progress
+from .pipeline import _check_new_file, _Progress
 from .recipes import DEFAULT_TILE, DEFAULT_TRAIN_PLANES, VOLUME_SAMPLES_FACTOR, make_config
 from .runtime import OnnxDenoiser
 from .sample import psnr, synthetic_stack
@@ -49,11 +49,7 @@ def _check_output(volume: Volume, output: Path | None, overwrite: bool) -> Path:
         if out == src or src in out.parents or out in src.parents:
             raise FM2SError(f"output '{output}' would overwrite or nest in the input: choose "
                             "another output path")
-    if output.exists() and not overwrite:
-        raise FM2SError(f"output '{output}' exists: remove it, choose another path or pass "
-                        "--overwrite")
-    if not output.parent.is_dir():
-        raise FM2SError(f"folder '{output.parent}' of the output does not exist: create it first")
+    _check_new_file(output, overwrite, "output", folder=True)
     return output
 
 
@@ -67,11 +63,7 @@ def model_paths(save_model: Path | None, channels: int, overwrite: bool) -> list
     paths = ([save_model] if channels == 1 else
              [save_model.with_name(f"{save_model.stem}_c{k}.onnx") for k in range(channels)])
     for path in paths:
-        if path.exists() and not overwrite:
-            raise FM2SError(f"model '{path}' exists: remove it, choose another --save-model "
-                            "path or pass --overwrite")
-        if not path.parent.is_dir():
-            raise FM2SError(f"folder '{path.parent}' of the model path does not exist: create it")
+        _check_new_file(path, overwrite, "model")
     return paths
 
 
