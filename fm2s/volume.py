@@ -107,8 +107,8 @@ class Volume:
         return data.reshape((-1,) + self.plane_shape)
 
 
-def _multiscale_for(axes: str, ndim_shape: tuple[int, ...], scales: dict[str, float],
-                    units: dict[str, str], name: str) -> dict:
+def _multiscale_for(axes: str, scales: dict[str, float], units: dict[str, str],
+                    name: str) -> dict:
     """A one-level NGFF multiscale for data that came without one (plain zarr, TIFF)."""
     ax = []
     for a in axes:
@@ -142,7 +142,7 @@ def _open_zarr(source: str, axes: str | None, ngff: str | None) -> Volume:
         name = Path(source.rstrip("/")).name
         return Volume(da.from_zarr(node), axes, source, "zarr array",
                       ngff or ("0.4" if fmt == 2 else "0.5"),
-                      _multiscale_for(axes, node.shape, {}, {}, name), [node.shape],
+                      _multiscale_for(axes, {}, {}, name), [node.shape],
                       notes=["no OME metadata: scale 1 on every axis, one pyramid level"])
     attrs = node.attrs.asdict()
     if "multiscales" not in attrs and "ome" not in attrs and "bioformats2raw.layout" in attrs:
@@ -311,7 +311,7 @@ def _open_tiff(path: Path, axes: str | None, ngff: str | None) -> Volume:
                          meta=np.empty((0,) * len(shape), dtype)).transpose(order)
     shape = data.shape
     level_shapes = [tuple(lv[i] for i in order) for lv in level_shapes]
-    ms = _multiscale_for(axes, shape, scales, units, path.name)
+    ms = _multiscale_for(axes, scales, units, path.name)
     if len(level_shapes) > 1:  # an OME-TIFF pyramid: keep its levels
         base = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
         ms["datasets"] = [
