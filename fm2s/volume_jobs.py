@@ -4,6 +4,7 @@ denoise every plane tile by tile with dask, write an OME-Zarr with the input's m
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import sys
 import time
@@ -119,7 +120,7 @@ class _TileProgress:
     def __init__(self, quiet: bool) -> None:
         console = Console(stderr=True)
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                            TextColumn("{task.completed}/{task.total} tiles"),
+                            TextColumn("{task.completed}/{task.total} {task.fields[unit]}"),
                             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                             TimeRemainingColumn(), console=console, transient=True,
                             disable=quiet or not console.is_terminal)
@@ -131,9 +132,9 @@ class _TileProgress:
     def __exit__(self, *exc) -> None:
         self.bar.stop()
 
-    def task(self, label: str, tiles: list[int], voxels: list[int]):
-        """A bar over tasks of ``tiles[i]`` tiles and ``voxels[i]`` voxels; returns done(i)."""
-        task = self.bar.add_task(label, total=sum(tiles), rate="")
+    def task(self, label: str, tiles: list[int], voxels: list[int], unit: str = "tiles"):
+        """A bar over tasks of ``tiles[i]`` units and ``voxels[i]`` voxels; returns done(i)."""
+        task = self.bar.add_task(label, total=sum(tiles), rate="", unit=unit)
         start = time.perf_counter()
         state = {"voxels": 0}
 
@@ -182,8 +183,9 @@ def denoise_volume(volume: Volume, models: list[bytes], halo: int, output: Path,
                 source = da.from_zarr(out.arrays[level - 1])
                 small = downsample(source, volume.level_shapes[level], dtype)
                 tasks = write_tasks(small, out.arrays[level])
-                ones = [1] * len(tasks)
-                run.run(tasks, bar.task(f"pyramid level {level}", ones, ones))
+                sizes = [math.prod(shape) for shape in itertools.product(*small.chunks)]
+                run.run(tasks, bar.task(f"pyramid level {level}", [1] * len(tasks), sizes,
+                                        unit="chunks"))
             where = run.describe()
         provenance = {**provenance, "tile": tile, "halo": halo, "dtype": str(dtype),
                       "scheduler": where}
