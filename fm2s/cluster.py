@@ -63,6 +63,14 @@ class Runner:
             return list(dask.compute(*tasks, scheduler="threads", num_workers=self.threads))
 
 
+def check_cluster_options(scheduler: str | None, workers: int | None) -> None:
+    """Refuse ``--scheduler`` with ``--workers``, and a worker count below 1 (before any work)."""
+    if scheduler and workers:
+        raise FM2SError("--scheduler and --workers exclude each other: give one")
+    if workers is not None and workers < 1:
+        raise FM2SError(f"--workers {workers}: give a positive number of worker processes")
+
+
 @contextmanager
 def runner(scheduler: str | None = None, workers: int | None = None) -> Iterator[Runner]:
     """A :class:`Runner` for ``--scheduler ADDRESS``, ``--workers N`` or neither.
@@ -70,8 +78,7 @@ def runner(scheduler: str | None = None, workers: int | None = None) -> Iterator
     ``--workers N`` starts a local cluster of N single-threaded worker processes and
     stops it afterwards; ``--scheduler`` connects to a running scheduler.
     """
-    if scheduler and workers:
-        raise FM2SError("--scheduler and --workers exclude each other: give one")
+    check_cluster_options(scheduler, workers)
     if not scheduler and not workers:
         yield Runner()
         return
@@ -79,8 +86,6 @@ def runner(scheduler: str | None = None, workers: int | None = None) -> Iterator
         from distributed import Client, LocalCluster
     except ImportError:  # pragma: no cover - a dependency
         raise FM2SError("dask.distributed is not installed: pip install distributed") from None
-    if workers is not None and workers < 1:
-        raise FM2SError(f"--workers {workers}: give a positive number of worker processes")
     if scheduler:
         try:
             client = Client(scheduler, timeout="10s")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import dask.array as da
 import numpy as np
 
+from .api import cast_like
 from .recipes import DEFAULT_TILE
 from .runtime import shared_denoiser
 from .volume import WRITE_CHUNK
@@ -68,11 +69,7 @@ def _denoise_block(block: np.ndarray, models: tuple[bytes, ...], provider: str, 
                    block_info: dict | None = None) -> np.ndarray:
     channel = block_info[None]["chunk-location"][c_axis] if c_axis is not None else 0
     model = shared_denoiser(models[channel if len(models) > 1 else 0], provider)
-    out = tiled(block, model, tile, halo)
-    if np.issubdtype(out_dtype, np.integer):
-        info = np.iinfo(out_dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(out_dtype)
-    return out.astype(out_dtype)
+    return cast_like(tiled(block, model, tile, halo), out_dtype)
 
 
 def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int = DEFAULT_TILE,

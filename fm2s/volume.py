@@ -14,6 +14,7 @@ import shutil
 import threading
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import dask.array as da
@@ -21,6 +22,7 @@ import numpy as np
 import tifffile
 import zarr
 
+from .api import cast_like
 from .errors import FM2SError
 
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
@@ -93,6 +95,11 @@ class Volume:
     def channels(self) -> int:
         """Number of channels (1 without a c axis)."""
         return self.data.shape[self.axes.index("c")] if "c" in self.axes else 1
+
+    @property
+    def planes_per_channel(self) -> int:
+        """Number of YX planes in one channel (the product of the t and z sizes)."""
+        return math.prod(self.data.shape[:-2]) // self.channels
 
     @property
     def plane_shape(self) -> tuple[int, int]:
@@ -459,14 +466,7 @@ def downsample(level: da.Array, shape: tuple[int, ...], dtype: np.dtype) -> da.A
     out_chunks = write_chunks(shape)
     x = x.rechunk(tuple(f * c for f, c in zip(factors, out_chunks)))
     mean = da.coarsen(np.mean, x.astype(np.float64), dict(enumerate(factors)))
-    return mean.map_blocks(_cast_block, dtype=dtype, out_dtype=np.dtype(dtype))
-
-
-def _cast_block(block: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
-    if np.issubdtype(out_dtype, np.integer):
-        info = np.iinfo(out_dtype)
-        return np.clip(np.rint(block), info.min, info.max).astype(out_dtype)
-    return block.astype(out_dtype)
+    return mean.map_blocks(partial(cast_like, dtype=np.dtype(dtype)), dtype=dtype)
 
 
 def describe(volume: Volume) -> str:
@@ -490,7 +490,7 @@ def describe(volume: Volume) -> str:
         lines.append("  scale: " + ", ".join(f"{a} {s:g} {units.get(a) or ''}".rstrip()
                                              for a, s in zip(volume.axes, scale) if a != "c"))
     labels = [c.get("label", "") for c in (volume.omero or {}).get("channels", [])]
-    planes = math.prod(shape[:-2]) // volume.channels
+    planes = volume.planes_per_channel
     lines.append(f"  channels: {volume.channels}" + (f" ({', '.join(labels)})" if labels else "")
                  + f"; {planes} plane(s) of {shape[-2]} x {shape[-1]} per channel")
     lines += [f"  note: {n}" for n in volume.notes]

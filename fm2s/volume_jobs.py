@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import __version__
-from .api import check_image, train
-from .cluster import runner
+from .api import train
+from .cluster import check_cluster_options, runner
 from .errors import FM2SError
 from .imageio import MIN_SIDE
 from .pipeline import _check_new_file, _Progress
@@ -232,8 +232,7 @@ def train_and_apply_volume(source: str | Path, output: Path | None = None, recip
     out_dtype = _out_dtype(volume, dtype)
     _check_tile(tile)
     training_planes(1, train_planes)
-    if scheduler and workers:
-        raise FM2SError("--scheduler and --workers exclude each other: give one")
+    check_cluster_options(scheduler, workers)
     try:
         config = make_config(recipe, microscope, seed=seed)
     except (ValueError, TypeError) as exc:
@@ -244,7 +243,7 @@ def train_and_apply_volume(source: str | Path, output: Path | None = None, recip
         planes = volume.channel_planes(c)
         index = training_planes(planes.shape[0], train_planes)
         with dask.config.set(scheduler="threads"):
-            stack = check_image(np.asarray(planes[index].compute()), stack=True)
+            stack = np.asarray(planes[index].compute())
         progress = _Progress(quiet, f"training channel {c} ({len(index)} planes)")
         try:
             model = train(stack, recipe, microscope, seed=seed, device=device, progress=progress,
@@ -286,6 +285,7 @@ def apply_volume(model: str | Path, source: str | Path, output: Path | None = No
     output = _check_output(volume, output, overwrite)
     out_dtype = _out_dtype(volume, dtype)
     _check_tile(tile)
+    check_cluster_options(scheduler, workers)
     paths = resolve_models(model, volume.channels)
     runtimes = [OnnxDenoiser(p, provider="cpu") for p in paths]
     records = [{"channel": c if len(paths) > 1 else "all", "model_file": str(p),
@@ -304,7 +304,7 @@ def apply_volume(model: str | Path, source: str | Path, output: Path | None = No
 def info(source: str | Path, axes: str | None = None, ngff: str | None = None) -> str:
     """What ``source`` holds and what train-and-apply would do with it."""
     volume = open_volume(source, axes, ngff)
-    planes = math.prod(volume.data.shape[:-2]) // volume.channels
+    planes = volume.planes_per_channel
     k = min(planes, DEFAULT_TRAIN_PLANES)
     return (describe(volume) + f"\n  train-and-apply: {volume.channels} model(s), each trained "
             f"on {k} of {planes} planes; output {default_output(volume.source)} "

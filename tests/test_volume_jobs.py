@@ -215,6 +215,7 @@ def _one_line_error(res):
     (["-o", "{tmp}/nofolder/out.ome.zarr"], "does not exist"),
     (["--axes", "czyx"], "contradicts"),
     (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "exclude each other"),
+    (["--workers", "0"], "positive number of worker processes"),
     (["--save-model", "{tmp}/m.txt"], "should end in .onnx"),
     (["--ngff", "0.3"], "0.3"),
 ])
