@@ -18,8 +18,8 @@ import time
 import numpy as np
 
 import fm2s
+from fm2s.jobs import training_planes
 from fm2s.sample import psnr, synthetic_stack
-from fm2s.volume_jobs import training_planes
 
 
 def main() -> None:

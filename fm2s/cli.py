@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
-from .errors import FM2SError
+from .errors import FM2SError, ParameterError
 from .recipes import (
     DEFAULT_MICROSCOPE,
     DEFAULT_RECIPE,
@@ -29,6 +29,19 @@ def _one_line(text: str) -> str:
     return " ".join(text.replace("Value error, ", "").split())
 
 
+#: library parameters that are arguments, not flags, on the command line
+_ARGUMENTS = {"model": "MODEL", "source": "INPUT"}
+
+
+def flag_message(exc: FM2SError) -> str:
+    """A library error worded for the command line (``train_planes=0`` -> ``--train-planes 0``)."""
+    if not isinstance(exc, ParameterError):
+        return str(exc)
+    flag = _ARGUMENTS.get(exc.name, "--" + exc.name.replace("_", "-"))
+    return f"{flag} {exc.value}: {exc.problem}" if exc.value is not None \
+        else f"{flag}: {exc.problem}"
+
+
 class _OneLineErrors(TyperGroup):
     """Report bad input as one line on stderr, without a traceback."""
 
@@ -42,7 +55,7 @@ class _OneLineErrors(TyperGroup):
             typer.echo(f"error: {_one_line(exc.format_message())}{where}", err=True)
             code = exc.exit_code
         except (FM2SError, _CLIError) as exc:
-            message = exc.format_message() if isinstance(exc, _CLIError) else str(exc)
+            message = exc.format_message() if isinstance(exc, _CLIError) else flag_message(exc)
             typer.echo(f"error: {_one_line(message)}", err=True)
             code = 1
         except (typer.Abort, KeyboardInterrupt):
@@ -102,6 +115,69 @@ def _command() -> str:
     return shlex.join(["fm2s-tile", *sys.argv[1:]])
 
 
+def _progress(quiet: bool):
+    from .progress import ProgressDisplay
+
+    return ProgressDisplay(quiet=quiet)
+
+
+def format_run(report) -> str:
+    """The summary of a train-and-apply or apply run, as printed."""
+    shape = " x ".join(map(str, report.shape))
+    lines = [f"{report.source} -> {report.output}: {report.kind} {report.axes} {shape} "
+             f"{report.dtype}, written as {report.output_format} {report.out_dtype} "
+             f"({report.levels} level(s))"]
+    for ch in report.channels:
+        head = f"  channel {ch.channel}: "
+        if ch.steps is not None:
+            head += (f"model {ch.recipe}/{ch.preset} trained on {len(ch.training_planes)} "
+                     f"plane(s), {ch.steps} steps on {ch.device} in {ch.train_seconds:.1f} s, "
+                     f"seed {ch.seed}")
+        else:
+            head += f"model {ch.model_file} ({ch.recipe}/{ch.preset})"
+        if ch.model_file and ch.steps is not None:
+            head += f", saved to {ch.model_file}"
+        lines.append(head)
+    rate = report.voxels / max(report.apply_seconds, 1e-9) / 1e6
+    lines.append(f"  {report.tiles} tiles on {report.where} ({report.provider}) in "
+                 f"{report.apply_seconds:.1f} s ({rate:.2f} Mvoxel/s)")
+    lines += [f"warning: {w}" for w in report.warnings]
+    return "\n".join(lines)
+
+
+def format_info(report) -> str:
+    """What ``info`` prints."""
+    import math
+
+    image = report.image
+    shape = image.data.shape
+    chunks = " x ".join(str(c[0]) for c in image.data.chunks)
+    nbytes = math.prod(shape) * image.data.dtype.itemsize
+    version = (f"NGFF {image.ngff.version}" if image.kind == "OME-Zarr"
+               else f"2D {image.kind} image" if image.plane_file is not None
+               else f"written as OME-Zarr NGFF {image.ngff.version}")
+    lines = [f"{image.source}: {image.kind} ({version})",
+             f"  axes {image.axes}, shape {' x '.join(map(str, shape))}, {image.data.dtype}, "
+             f"chunks {chunks}, {nbytes / 1e9:.3g} GB",
+             f"  levels: {len(image.level_shapes)} ("
+             + ", ".join("x".join(map(str, s)) for s in image.level_shapes) + ")"]
+    transforms = image.multiscale["datasets"][0].get("coordinateTransformations", [])
+    scale = next((t.get("scale") for t in transforms if t.get("type") == "scale"), None)
+    if scale:
+        units = {a.get("name"): a.get("unit", "") for a in image.multiscale["axes"]
+                 if isinstance(a, dict)}
+        lines.append("  scale: " + ", ".join(f"{a} {s:g} {units.get(a) or ''}".rstrip()
+                                             for a, s in zip(image.axes, scale) if a != "c"))
+    labels = [c.get("label", "") for c in (image.omero or {}).get("channels", [])]
+    planes = image.planes_per_channel
+    lines.append(f"  channels: {image.channels}" + (f" ({', '.join(labels)})" if labels else "")
+                 + f"; {planes} plane(s) of {shape[-2]} x {shape[-1]} per channel")
+    lines += [f"  note: {n}" for n in image.notes]
+    lines.append(f"  train-and-apply: {image.channels} model(s), each trained on "
+                 f"{report.train_planes} of {planes} planes; output {report.default_output}")
+    return "\n".join(lines)
+
+
 @app.command("train-and-apply")
 def train_and_apply_cmd(
     image: InPath,
@@ -131,13 +207,13 @@ def train_and_apply_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Train FM2S on the input itself (one model per channel) and write it denoised."""
-    from .pipeline import train_and_apply_any
+    from .jobs import train_and_apply
 
-    typer.echo(train_and_apply_any(
+    typer.echo(format_run(train_and_apply(
         image, output, recipe=recipe.value, microscope=microscope.value, device=device.value,
         seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,
-        dtype=dtype.value, save_model=save_model, overwrite=overwrite, quiet=quiet, axes=axes,
-        ngff=ngff.value if ngff else None, command=_command()))
+        dtype=dtype.value, save_model=save_model, overwrite=overwrite, axes=axes,
+        ngff=ngff.value if ngff else None, command=_command(), progress=_progress(quiet))))
 
 
 @app.command("apply")
@@ -159,21 +235,21 @@ def apply_cmd(
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> None:
-    """Denoise with saved model(s), no training."""
-    from .pipeline import apply_any
+    """Denoise with saved model(s), no training (needs no torch)."""
+    from .jobs import apply
 
-    typer.echo(apply_any(model, image, output, provider=provider.value, tile=tile,
-                         workers=workers, scheduler=scheduler, dtype=dtype.value,
-                         overwrite=overwrite, quiet=quiet, axes=axes,
-                         ngff=ngff.value if ngff else None, command=_command()))
+    typer.echo(format_run(apply(
+        model, image, output, provider=provider.value, tile=tile, workers=workers,
+        scheduler=scheduler, dtype=dtype.value, overwrite=overwrite, axes=axes,
+        ngff=ngff.value if ngff else None, command=_command(), progress=_progress(quiet))))
 
 
 @app.command("info")
 def info_cmd(image: InPath, axes: Axes = None) -> None:
     """Say what the input holds (format, axes, shape, levels, scale, channels)."""
-    from .pipeline import info_any
+    from .jobs import info
 
-    typer.echo(info_any(image, axes))
+    typer.echo(format_info(info(image, axes)))
 
 
 @app.command("sample")
@@ -183,7 +259,7 @@ def sample_cmd(
     overwrite: Overwrite = False,
 ) -> None:
     """Write a synthetic noisy TCZYX uint16 OME-Zarr and its ground truth (OUT.truth.ome.zarr)."""
-    from .volume_jobs import write_sample
+    from .demo import write_sample
 
     noisy, truth = write_sample(output, seed=seed, overwrite=overwrite)
     typer.echo(f"wrote {noisy} (noisy) and {truth} (ground truth)")
@@ -197,9 +273,15 @@ def demo_cmd(
     quiet: Quiet = False,
 ) -> None:
     """Write the synthetic sample stack, train-and-apply on it, report the PSNR gain."""
-    from .volume_jobs import demo
+    from .demo import demo
 
-    typer.echo(demo(folder, seed=seed, quiet=quiet))
+    report = demo(folder, seed=seed, progress=_progress(quiet), command=_command())
+    lines = [format_run(report.run),
+             "PSNR against the ground truth (level 0, per channel, mean over planes):"]
+    lines += [f"  channel {c}: noisy {before:.2f} dB -> denoised {after:.2f} dB "
+              f"(+{after - before:.2f} dB)" for c, (before, after) in enumerate(report.psnr)]
+    lines.append(f"images in {report.folder}/ (open them with napari or ome-zarr-py)")
+    typer.echo("\n".join(lines))
 
 
 if __name__ == "__main__":  # pragma: no cover

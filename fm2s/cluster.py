@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import dask
 
-from .errors import FM2SError
+from .errors import FM2SError, ParameterError
 
 
 class Runner:
@@ -35,6 +35,12 @@ class Runner:
         threads = sum(w.get("nthreads", 0) for w in workers.values())
         return (f"dask cluster {self.client.scheduler.address} ({len(workers)} workers, "
                 f"{threads} threads)")
+
+    def compute(self, collection):
+        """Compute one dask collection where the tasks run and return its value."""
+        if self.client is not None:
+            return self.client.compute(collection).result()
+        return dask.compute(collection, scheduler="threads", num_workers=self.threads)[0]
 
     def run(self, tasks: Sequence, done: Callable[[int], None] | None = None) -> list:
         """Compute ``tasks`` (dask delayed objects); call ``done(i)`` as task ``i`` finishes."""
@@ -64,11 +70,15 @@ class Runner:
 
 
 def check_cluster_options(scheduler: str | None, workers: int | None) -> None:
-    """Refuse ``--scheduler`` with ``--workers``, and a worker count below 1 (before any work)."""
+    """Refuse ``scheduler`` with ``workers``, a worker count below 1 and a malformed
+    scheduler address (before any work)."""
     if scheduler and workers:
-        raise FM2SError("--scheduler and --workers exclude each other: give one")
+        raise ParameterError("scheduler", scheduler, "excludes workers: give one of the two")
     if workers is not None and workers < 1:
-        raise FM2SError(f"--workers {workers}: give a positive number of worker processes")
+        raise ParameterError("workers", workers, "give a positive number of worker processes")
+    if scheduler is not None and "://" not in scheduler and ":" not in scheduler:
+        raise ParameterError("scheduler", scheduler, "give an address such as "
+                             "tcp://10.0.0.5:8786")
 
 
 @contextmanager
@@ -89,9 +99,10 @@ def runner(scheduler: str | None = None, workers: int | None = None) -> Iterator
     if scheduler:
         try:
             client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError) as exc:
-            raise FM2SError(f"cannot reach the dask scheduler at {scheduler} ({exc}): check the "
-                            "address and that 'dask scheduler' runs there") from None
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ParameterError("scheduler", scheduler, f"cannot reach a dask scheduler there "
+                                 f"({str(exc).splitlines()[0] if str(exc) else exc}): check "
+                                 "the address and that 'dask scheduler' runs there") from None
         try:
             yield Runner(client)
         finally:

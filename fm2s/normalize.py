@@ -11,13 +11,28 @@ The published constants assume an 8-bit image divided by 255. Two modes:
 The min-max map is affine, so an offset or gain on the raw data changes nothing in
 the denoised result (in the data's own units); with ``minmax`` an 8-bit image and
 its 16-bit versions even train identically.
+
+Planes meet a model through :func:`range_map`: a plane within the range the model was
+trained on goes in as it is; a plane outside it (brighter or dimmer than every training
+plane, or data of another range) is mapped affinely into it, its 1st and 99th
+percentiles onto the training planes', and mapped back after the network, so that its
+structures are not clipped at the training range and no plane comes out flattened
+(see benchmarks/bright_plane.py for the measurements behind this rule).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
+#: percentiles of a plane: p1 and p99, which :func:`range_map` matches, and p0.01 and
+#: p99.99, which decide whether a plane lies within a model's range (a few hot pixels do
+#: not count); and the most pixels a plane's percentiles are taken from (a regular
+#: subsample: the same pixels however the plane is chunked)
+PERCENTILES = (1.0, 99.0, 0.01, 99.99)
+STATS_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -74,3 +89,55 @@ def fit_normalization(image: np.ndarray, mode: str = "dtype") -> Normalization:
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("image holds NaN or infinite values: replace them before denoising")
     return Normalization(lo, hi - lo if hi > lo else 1.0)
+
+
+def subsample_step(shape: tuple[int, ...]) -> int:
+    """Stride in Y and X of the regular subsample a plane's percentiles are taken from."""
+    return max(1, math.ceil(math.sqrt(shape[-2] * shape[-1] / STATS_PIXELS)))
+
+
+def percentiles(sample: np.ndarray) -> np.ndarray:
+    """The :data:`PERCENTILES` of ``sample`` (any shape, all values pooled)."""
+    return np.percentile(np.asarray(sample, np.float64), PERCENTILES)
+
+
+def stack_stats(planes: np.ndarray) -> np.ndarray:
+    """``[min, max, p1, p99, p0.01, p99.99]`` of a (..., H, W) array of planes, pooled.
+
+    The percentiles come from each plane's regular subsample (:func:`subsample_step`).
+    """
+    planes = np.asarray(planes)
+    s = subsample_step(planes.shape)
+    return np.concatenate([[float(np.min(planes)), float(np.max(planes))],
+                           percentiles(planes[..., ::s, ::s])])
+
+
+def range_map(plane: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """The affine map ``x -> a * x + b`` that brings a plane into a model's range.
+
+    Parameters
+    ----------
+    plane
+        :func:`stack_stats` of the plane.
+    reference
+        The model's range ``[low, high]`` (its normalization's, which its output clamp
+        covers) and the p1 and p99 of the planes it was trained on.
+
+    Returns
+    -------
+    (a, b)
+        ``(1.0, 0.0)`` when the plane's p0.01..p99.99 lies within the model's range: it
+        is denoised as it is (a few outliers beyond, such as hot pixels, are limited by
+        the model's clamp, as in the whole-image method). Otherwise (the bulk of a plane
+        brighter or dimmer than the training planes, or data of another range) the map
+        that puts the plane's p1 and p99 on the training planes' p1 and p99 (a constant
+        plane: the smallest shift into the range).
+    """
+    lo, hi, qlo, qhi, tlo, thi = (float(v) for v in plane)
+    rlo, rhi, rqlo, rqhi = (float(v) for v in reference)
+    if tlo >= rlo and thi <= rhi:
+        return 1.0, 0.0
+    if qhi > qlo and rqhi > rqlo:
+        a = (rqhi - rqlo) / (qhi - qlo)
+        return a, rqlo - a * qlo
+    return 1.0, min(max(0.0, rlo - lo), rhi - hi)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from .errors import ParameterError
+
 RECIPES = ("fast", "paper", "v2")
 MICROSCOPES = ("confocal", "twophoton", "widefield", "generic")
 DEFAULT_RECIPE = "fast"
@@ -219,10 +221,9 @@ def make_config(recipe: str = DEFAULT_RECIPE, microscope: str = DEFAULT_MICROSCO
     TrainConfig
     """
     if recipe not in _RECIPE_TABLE:
-        raise ValueError(f"unknown recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+        raise ParameterError("recipe", recipe, f"choose one of {', '.join(RECIPES)}")
     if microscope not in MICROSCOPES:
-        raise ValueError(
-            f"unknown microscope {microscope!r}: choose one of {', '.join(MICROSCOPES)}")
+        raise ParameterError("microscope", microscope, f"choose one of {', '.join(MICROSCOPES)}")
     schedule, noises, per_microscope = _RECIPE_TABLE[recipe]
     fields = {**schedule, **per_microscope.get(microscope, {}), **overrides}
     return TrainConfig(recipe=recipe, microscope=microscope, noise=noises[microscope],
@@ -238,12 +239,23 @@ __all__ = ["NoiseModel", "TrainConfig", "make_config", "with_noise", "RECIPES", 
            "DEFAULT_RECIPE", "DEFAULT_MICROSCOPE"]
 
 
-# Volumes: planes each channel's model trains on (see benchmarks/train_planes.py) and the
-# tile side of one onnxruntime call (see benchmarks/tile_speed.py).
+# Volumes: planes each channel's model trains on (see benchmarks/train_planes.py), the
+# tile side of one onnxruntime call and the YX side of output chunks (see
+# benchmarks/memory.py).
 DEFAULT_TRAIN_PLANES = 8
 DEFAULT_TILE = 512
-# A volume's model serves all the planes of its channel, and its training is a small part of
-# a volume run, so there the default recipe draws twice its noisy samples (a constant: the
-# cost does not grow with the planes; see benchmarks/stack_quality.py). The published
-# recipes stay as published.
-VOLUME_SAMPLES_FACTOR = {"fast": 2, "paper": 1, "v2": 1}
+WRITE_CHUNK = 1024
+# A model that serves more than one plane (a channel of a stack) is a small part of its
+# run, so there the default recipe draws twice its noisy samples (a constant: the cost
+# does not grow with the planes; see benchmarks/stack_quality.py). A single plane, in any
+# container, trains as a 2D image. The published recipes stay as published.
+STACK_SAMPLES_FACTOR = {"fast": 2, "paper": 1, "v2": 1}
+
+
+def config_for(recipe: str, microscope: str, seed: int, planes: int,
+               **overrides) -> TrainConfig:
+    """The config of a model that will serve ``planes`` planes (see STACK_SAMPLES_FACTOR)."""
+    config = make_config(recipe, microscope, seed=seed)
+    if planes > 1 and "samples" not in overrides:
+        overrides["samples"] = config.samples * STACK_SAMPLES_FACTOR.get(recipe, 1)
+    return replace(config, **overrides) if overrides else config

@@ -88,13 +88,23 @@ class OnnxDenoiser:
             raise FM2SError(f"{name} is an ONNX model but not one made by fm2s-tile: "
                             "pass a model saved by fm2s-tile --save-model")
         self.metadata: dict[str, str] = dict(meta)
-        self.input_name = self.session.get_inputs()[0].name
+        self.data = data
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        self.input_name = inputs[0].name
         self.sha256 = hashlib.sha256(data).hexdigest()
-
-    @property
-    def halo(self) -> int:
-        """Receptive-field radius of the model, in pixels."""
-        return int(self.metadata["halo"])
+        try:  # everything the tiled inference relies on, checked once here
+            halo = int(meta["halo"])
+            norm = json.loads(meta["normalization"])
+            offset, scale = float(norm["offset"]), float(norm["scale"])
+            pct = json.loads(meta.get("percentiles", "null")) or {}
+            self.reference = (offset, offset + scale, float(pct.get("p1", offset)),
+                              float(pct.get("p99", offset + scale)))
+            if halo < 0 or not scale > 0 or len(inputs) != 1 or len(outputs) != 1:
+                raise ValueError("bad values")
+        except (KeyError, ValueError, TypeError) as exc:
+            raise FM2SError(f"{name} has fm2s metadata but it is incomplete or odd ({exc}): "
+                            "save the model again with fm2s-tile --save-model") from None
+        self.halo = halo
 
     @property
     def provider(self) -> str:
@@ -107,12 +117,20 @@ class OnnxDenoiser:
         return json.loads(self.metadata.get("config", "{}"))
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        """Denoise a 2D image or an (N, H, W) stack; returns float32 of the same shape."""
+        """Denoise a 2D image or an (N, H, W) stack in one call; float32 of the same shape.
+
+        The whole array goes to onnxruntime at once: for large images use
+        :func:`fm2s.tiling.denoise_array`, which also maps planes outside the model's
+        range into it.
+        """
         image = np.asarray(image)
         if image.ndim not in (2, 3):
             raise FM2SError(f"the model takes 2D planes or (N, H, W) stacks, not {image.shape}")
         batch = image.reshape((-1, 1) + image.shape[-2:]).astype(np.float32, copy=False)
         out = self.session.run(None, {self.input_name: batch})[0]
+        if out.shape != batch.shape:
+            raise FM2SError(f"the model returned shape {out.shape} for input {batch.shape}: "
+                            "pass a model saved by fm2s-tile --save-model")
         return out.reshape(image.shape)
 
 

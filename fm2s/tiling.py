@@ -5,6 +5,12 @@ halo equal to the model's receptive field (``dask.array.map_overlap``) and is de
 in tiles of ``tile`` pixels that get the same halo. A pixel's result then depends only
 on pixels the whole-plane inference would also use, in the same arithmetic, so the
 tiled result equals the whole-plane result exactly, whatever the tile and chunk sizes.
+
+Planes outside a model's range are mapped into it plane by plane
+(:func:`fm2s.normalize.range_map`), from statistics of the whole plane
+(:func:`plane_stats`), so this too is the same for every tiling.
+
+numpy, dask and onnxruntime only: no torch on this side.
 """
 
 from __future__ import annotations
@@ -14,10 +20,10 @@ from collections.abc import Callable, Sequence
 import dask.array as da
 import numpy as np
 
-from .api import cast_like
-from .recipes import DEFAULT_TILE
+from .normalize import PERCENTILES, percentiles, range_map, subsample_step
+from .pixels import cast_like
+from .recipes import DEFAULT_TILE, WRITE_CHUNK
 from .runtime import shared_denoiser
-from .volume import WRITE_CHUNK
 
 
 def tiled(plane: np.ndarray, run: Callable[[np.ndarray], np.ndarray], tile: int,
@@ -64,17 +70,57 @@ def block_chunks(shape: tuple[int, ...], tile: int, halo: int,
     return tuple(chunks)
 
 
+def plane_stats(data: da.Array) -> da.Array:
+    """``[min, max, p1, p99, p0.01, p99.99]`` of every YX plane: ``data.shape[:-2] + (6,)``.
+
+    One read of the data; the percentiles come from a regular subsample of each plane
+    (:func:`fm2s.normalize.subsample_step`), so memory stays bounded by the chunks.
+    """
+    lead = data.ndim - 2
+    lo = data.min(axis=(-2, -1)).astype(np.float64)
+    hi = data.max(axis=(-2, -1)).astype(np.float64)
+    s = subsample_step(data.shape)
+    sample = data[..., ::s, ::s]
+    sample = sample.rechunk((1,) * lead + sample.shape[-2:])
+    n = len(PERCENTILES)
+    pct = sample.map_blocks(lambda b: percentiles(b).reshape((1,) * lead + (n,)),
+                            chunks=(1,) * lead + (n,), drop_axis=lead + 1, dtype=np.float64,
+                            meta=np.empty((0,) * (lead + 1), np.float64))
+    return da.concatenate([lo[..., None], hi[..., None], pct], axis=-1)
+
+
+def plane_maps(stats: np.ndarray, references: Sequence[Sequence[float]],
+               c_axis: int | None = None) -> np.ndarray:
+    """The :func:`~fm2s.normalize.range_map` of every plane: ``stats.shape[:-1] + (2,)``.
+
+    ``references`` holds one model reference for all planes, or one per index along
+    ``c_axis``.
+    """
+    maps = np.empty(stats.shape[:-1] + (2,), np.float64)
+    for index in np.ndindex(stats.shape[:-1]):
+        ref = references[index[c_axis] if len(references) > 1 else 0]
+        maps[index] = range_map(stats[index], ref)
+    return maps
+
+
 def _denoise_block(block: np.ndarray, models: tuple[bytes, ...], provider: str, tile: int,
-                   halo: int, out_dtype: np.dtype, c_axis: int | None,
+                   halo: int, out_dtype: np.dtype, c_axis: int | None, maps: np.ndarray | None,
                    block_info: dict | None = None) -> np.ndarray:
-    channel = block_info[None]["chunk-location"][c_axis] if c_axis is not None else 0
+    where = block_info[None]["chunk-location"]
+    channel = where[c_axis] if c_axis is not None else 0
     model = shared_denoiser(models[channel if len(models) > 1 else 0], provider)
-    return cast_like(tiled(block, model, tile, halo), out_dtype)
+    a, b = maps[tuple(where[:-2])] if maps is not None else (1.0, 0.0)
+    if a == 1.0 and b == 0.0:
+        return cast_like(tiled(block, model, tile, halo), out_dtype)
+    a, b = np.float32(a), np.float32(b)
+    mapped = block.astype(np.float32) * a + b
+    return cast_like((tiled(mapped, model, tile, halo) - b) / a, out_dtype)
 
 
 def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int = DEFAULT_TILE,
                   c_axis: int | None = None, dtype: np.dtype | None = None,
-                  provider: str = "cpu", chunk: int = WRITE_CHUNK) -> da.Array:
+                  provider: str = "cpu", chunk: int = WRITE_CHUNK,
+                  maps: np.ndarray | None = None) -> da.Array:
     """Lazily denoise every YX plane of ``data`` with ONNX models, tile by tile.
 
     Parameters
@@ -95,6 +141,10 @@ def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int 
         onnxruntime provider (``cpu``, ``cuda`` or ``auto``), resolved where tasks run.
     chunk
         Output chunk side: blocks are made of whole output chunks.
+    maps
+        ``(a, b)`` per plane, shape ``data.shape[:-2] + (2,)`` (:func:`plane_maps`):
+        the plane goes into the model as ``a * x + b`` and its result comes back as
+        ``(y - b) / a``. None: every plane as it is.
 
     Returns
     -------
@@ -105,13 +155,15 @@ def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int 
         raise ValueError("tile must be positive and halo non-negative")
     if len(models) > 1 and (c_axis is None or data.shape[c_axis] != len(models)):
         raise ValueError("one model per channel needs c_axis and as many models as channels")
+    if maps is not None and maps.shape != data.shape[:-2] + (2,):
+        raise ValueError(f"maps of shape {maps.shape} do not fit data of shape {data.shape}")
     dtype = np.dtype(dtype or data.dtype)
     data = data.rechunk(block_chunks(data.shape, tile, halo, chunk))
     depth = {data.ndim - 2: halo, data.ndim - 1: halo}
     return data.map_overlap(
         _denoise_block, depth=depth, boundary="none", allow_rechunk=False, dtype=dtype,
         meta=np.empty((0,) * data.ndim, dtype), models=tuple(models), provider=provider,
-        tile=tile, halo=halo, out_dtype=dtype, c_axis=c_axis)
+        tile=tile, halo=halo, out_dtype=dtype, c_axis=c_axis, maps=maps)
 
 
 def _write_block(block: np.ndarray, target, block_info: dict | None = None) -> np.ndarray:
@@ -124,7 +176,7 @@ def write_tasks(array: da.Array, target) -> list:
     """One dask task per block that writes it into the zarr array ``target``.
 
     Blocks must be made of whole chunks of ``target`` (as :func:`denoise_array` and
-    :func:`fm2s.volume.downsample` make them), so that no two tasks write one chunk.
+    :func:`fm2s.writers.downsample` make them), so that no two tasks write one chunk.
     Each task returns the number of voxels it wrote.
     """
     counts = array.map_blocks(_write_block, target=target, dtype=np.int64,

@@ -67,3 +67,28 @@ def stack_uint16() -> np.ndarray:
 
     noisy, _ = synthetic_stack((2, 2, 3, 75, 133), np.random.default_rng(7))
     return noisy
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A 2D PNG or TIFF read by Pillow / tifffile (independent of fm2s's readers)."""
+    if Path(path).suffix == ".png":
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im)
+    import tifffile
+
+    return tifffile.imread(path)
+
+
+def write_image(path: Path, image: np.ndarray) -> Path:
+    """A 2D PNG or TIFF written by Pillow / tifffile."""
+    if Path(path).suffix == ".png":
+        from PIL import Image
+
+        Image.fromarray(image).save(path)
+    else:
+        import tifffile
+
+        tifffile.imwrite(path, image, photometric="minisblack")
+    return Path(path)

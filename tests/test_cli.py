@@ -2,10 +2,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import tifffile
+from conftest import read_image, write_image  # noqa: I001
 from typer.testing import CliRunner
 
 from fm2s.cli import app
-from fm2s.imageio import read_image, write_image
 
 runner = CliRunner()
 
@@ -38,7 +38,7 @@ def test_train_and_apply_then_apply_reproduces_it(tmp_path, small_png):
     res = _invoke("train-and-apply", small_png, "-o", out, "--save-model", model, "--seed", 3,
                   "--device", "cpu", "-q")
     assert res.exit_code == 0, res.output
-    assert "steps on cpu" in res.output and len(res.output.strip().splitlines()) == 1
+    assert "steps on cpu" in res.output and "warning" not in res.output
     assert small_png.read_bytes() == before  # input untouched
     denoised = read_image(out)
     assert denoised.dtype == np.uint8 and denoised.shape == read_image(small_png).shape
@@ -81,7 +81,9 @@ def _assert_clean_failure(res, tmp_path, before):
 
 @pytest.mark.parametrize("case", ["missing", "truncated", "extension", "rgb", "tiny",
                                   "recipe", "microscope", "seed", "device", "model_ext",
-                                  "same_as_input", "exists", "no_folder", "format_change"])
+                                  "same_as_input", "exists", "no_folder", "out_ext",
+                                  "out_float_png", "train_planes", "tile",
+                                  "workers_and_scheduler", "scheduler"])
 def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, small_png, case):
     from PIL import Image
 
@@ -121,8 +123,18 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, small_png, case):
         args["extra"] = ["-o", str(tmp_path / "taken.png")]
     elif case == "no_folder":
         args["extra"] = ["-o", str(tmp_path / "nowhere" / "out.png")]
-    elif case == "format_change":
-        args["extra"] = ["-o", str(tmp_path / "o.tif")]
+    elif case == "out_ext":
+        args["extra"] = ["-o", str(tmp_path / "o.jpg")]
+    elif case == "out_float_png":
+        args["extra"] = ["-o", str(tmp_path / "o.png"), "--dtype", "float32"]
+    elif case == "train_planes":
+        args["extra"] = ["--train-planes", "0"]
+    elif case == "tile":
+        args["extra"] = ["--tile", "3"]
+    elif case == "workers_and_scheduler":
+        args["extra"] = ["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]
+    elif case == "scheduler":
+        args["extra"] = ["--scheduler", "nonsense"]
     before = sorted(p.name for p in tmp_path.iterdir())
     res = _invoke("train-and-apply", args["input"], *args["extra"])
     _assert_clean_failure(res, tmp_path, before)
@@ -134,3 +146,20 @@ def test_apply_with_a_bad_model(tmp_path, small_png):
     before = sorted(p.name for p in tmp_path.iterdir())
     _assert_clean_failure(_invoke("apply", bad, small_png), tmp_path, before)
     _assert_clean_failure(_invoke("apply", tmp_path / "none.onnx", small_png), tmp_path, before)
+
+
+def test_parameter_errors_are_worded_as_flags(tmp_path, small_png):
+    res = _invoke("train-and-apply", small_png, "--tile", "3")
+    assert "--tile 3: too small" in res.output
+    res = _invoke("apply", tmp_path / "m.onnx,b.onnx", small_png)
+    assert res.output.startswith("error: MODEL ")
+
+
+def test_png_to_tiff_and_float_output(tmp_path, small_png, quick_model):
+    """Writers follow the output's extension: a PNG in, a float32 TIFF out."""
+    out = tmp_path / "out.tif"
+    res = _invoke("apply", quick_model, small_png, "-o", out, "--dtype", "float32", "-q")
+    assert res.exit_code == 0, res.output
+    back = read_image(out)
+    assert back.dtype == np.float32 and back.shape == read_image(small_png).shape
+    assert "fm2s" in tifffile.TiffFile(out).pages[0].description

@@ -1,5 +1,8 @@
 """Scale-out: a local cluster of worker processes and a separately started dask cluster give
-the bytes of the threaded default."""
+the bytes of the threaded default, also when the workers run in another folder than the
+command and the command is given relative paths."""
+
+from __future__ import annotations
 
 import os
 import shutil
@@ -9,7 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import dask
+import numpy as np
 import pytest
+import tifffile
 from conftest import tree_bytes, write_ngff
 from typer.testing import CliRunner
 
@@ -19,16 +25,16 @@ from fm2s.cluster import Runner
 runner = CliRunner()
 
 
-def _apply(model, src, out, *extra):
+def _apply(model, src, out, *extra) -> str:
     res = runner.invoke(app, ["apply", str(model), str(src), "-o", str(out), "-q", "--provider",
                               "cpu", "--tile", "48", *map(str, extra)])
     assert res.exit_code == 0, res.output
     return res.output
 
 
-@pytest.fixture
-def volume(tmp_path, stack_uint16):
-    return write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5", levels=2)
+def _chunk_files(tree: dict[str, bytes]) -> list[str]:
+    return [k for k in tree if Path(k).name not in ("zarr.json", ".zarray", ".zattrs",
+                                                     ".zgroup")]
 
 
 def _free_port() -> int:
@@ -37,9 +43,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_threaded_runner_reports_every_task():
-    import dask
+@pytest.fixture
+def volume(tmp_path, stack_uint16) -> Path:
+    return write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5", levels=2)
 
+
+@pytest.fixture(scope="module")
+def dask_cluster(tmp_path_factory):
+    """A scheduler and 2 single-threaded worker processes started as separate programs
+    (``python -m dask scheduler`` / ``worker``), in a folder of their own (their cwd).
+
+    Yields ``(address, cwd)``; the cwd must stay empty (worker scratch and logs go elsewhere).
+    """
+    from distributed import Client
+
+    cwd = tmp_path_factory.mktemp("workers-cwd")
+    scratch = tmp_path_factory.mktemp("workers-scratch")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    logs = open(scratch / "cluster.log", "w")
+    dask_cli = [sys.executable, "-m", "dask"]
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [*dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+             "--no-dashboard"], cwd=cwd, stdout=logs, stderr=logs, env=env))
+        procs.append(subprocess.Popen(
+            [*dask_cli, "worker", address, "--nthreads", "1", "--nworkers", "2",
+             "--no-dashboard", "--local-directory", str(scratch / "dask")],
+            cwd=cwd, stdout=logs, stderr=logs, env=env))
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address, cwd
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        logs.close()
+
+
+def test_threaded_runner_reports_every_task():
     tasks = [dask.delayed(lambda i: i * i)(i) for i in range(5)]
     seen = []
     assert Runner(threads=2).run(tasks, seen.append) == [0, 1, 4, 9, 16]
@@ -50,47 +99,66 @@ def test_local_worker_processes_give_the_same_bytes(tmp_path, volume, quick_mode
     _apply(quick_model, volume, tmp_path / "threads.ome.zarr")
     summary = _apply(quick_model, volume, tmp_path / "procs.ome.zarr", "--workers", "2")
     assert "2 workers" in summary
-    assert tree_bytes(tmp_path / "procs.ome.zarr") == tree_bytes(tmp_path / "threads.ome.zarr")
+    threads = tree_bytes(tmp_path / "threads.ome.zarr")
+    assert len(_chunk_files(threads)) == 2 * 12  # 2 levels of 12 planes
+    assert tree_bytes(tmp_path / "procs.ome.zarr") == threads
 
 
-def test_separate_scheduler_and_worker_processes_give_the_same_bytes(tmp_path, volume,
-                                                                     quick_model):
-    dask_cli = shutil.which("dask", path=str(Path(sys.executable).parent)) or "dask"
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    logs = open(tmp_path / "cluster.log", "w")
-    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], stdout=logs, stderr=logs, env=env)]
-    try:
-        time.sleep(1.0)
-        procs.append(subprocess.Popen([dask_cli, "worker", address, "--nthreads", "1",
-                                       "--nworkers", "2", "--no-dashboard",
-                                       "--local-directory", str(tmp_path / "dask-worker")],
-                                      stdout=logs, stderr=logs, env=env))
-        from distributed import Client
+def test_separate_scheduler_and_workers_give_the_same_bytes(tmp_path, volume, quick_model,
+                                                            dask_cluster):
+    address, workers_cwd = dask_cluster
+    _apply(quick_model, volume, tmp_path / "threads.ome.zarr")
+    summary = _apply(quick_model, volume, tmp_path / "cluster.ome.zarr", "--scheduler", address)
+    assert address in summary and "2 workers" in summary
+    assert tree_bytes(tmp_path / "cluster.ome.zarr") == tree_bytes(tmp_path / "threads.ome.zarr")
+    assert list(workers_cwd.iterdir()) == []
 
-        with Client(address, timeout="30s") as client:
-            client.wait_for_workers(2, timeout=60)
-        _apply(quick_model, volume, tmp_path / "threads.ome.zarr")
-        summary = _apply(quick_model, volume, tmp_path / "cluster.ome.zarr", "--scheduler",
-                         address)
-        assert address in summary
-        assert tree_bytes(tmp_path / "cluster.ome.zarr") == \
-            tree_bytes(tmp_path / "threads.ome.zarr")
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        logs.close()
+
+def _write_input(folder: Path, kind: str, stack: np.ndarray) -> tuple[str, int]:
+    """The input of kind ``kind`` in ``folder``: its name (a path relative to ``folder``)
+    and the number of chunk files of its denoised copy."""
+    if kind == "tiff":  # an ImageJ czyx stack: 6 planes, 1 level
+        tifffile.imwrite(folder / "in.tif", stack[0].transpose(1, 0, 2, 3), imagej=True,
+                         metadata={"axes": "ZCYX"})
+        return "in.tif", 6
+    write_ngff(folder / "in.ome.zarr", stack, "tczyx", kind, levels=2)
+    return "in.ome.zarr", 2 * 12
+
+
+@pytest.mark.parametrize("kind", ["0.4", "0.5", "tiff"])
+def test_relative_paths_on_workers_in_another_folder(tmp_path, monkeypatch, stack_uint16,
+                                                     quick_model, dask_cluster, kind):
+    """Workers whose cwd is not the command's read the input and write the output where the
+    command's relative paths point, every chunk of it, and write nothing in their own cwd."""
+    address, workers_cwd = dask_cluster
+    assert workers_cwd.resolve() != tmp_path.resolve()
+    data = tmp_path / "data"
+    data.mkdir()
+    name, chunks = _write_input(data, kind, stack_uint16)
+    shutil.copy(quick_model, data / "model.onnx")
+    (data / "results").mkdir()
+    _apply(quick_model, data / name, tmp_path / "threads.ome.zarr")
+
+    monkeypatch.chdir(data)
+    res = runner.invoke(app, ["apply", "model.onnx", name, "-o", "results/den.ome.zarr", "-q",
+                              "--provider", "cpu", "--tile", "48", "--scheduler", address])
+    assert res.exit_code == 0, res.output
+    assert address in res.output
+    out = data / "results" / "den.ome.zarr"
+    threads = tree_bytes(tmp_path / "threads.ome.zarr")
+    assert len(_chunk_files(threads)) == chunks
+    assert tree_bytes(out) == threads  # every chunk file, byte for byte
+    assert sorted(p.name for p in (data / "results").iterdir()) == ["den.ome.zarr"]
+    assert list(workers_cwd.rglob("*")) == []
 
 
 def test_unreachable_scheduler_is_one_line(tmp_path, volume, quick_model):
-    res = runner.invoke(app, ["apply", str(quick_model), str(volume), "--scheduler",
-                              f"tcp://127.0.0.1:{_free_port()}"])
-    assert res.exit_code == 1 and res.output.startswith("error: cannot reach the dask scheduler")
-    assert not (tmp_path / "in.fm2s.ome.zarr").exists()
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    start = time.perf_counter()
+    res = runner.invoke(app, ["apply", str(quick_model), str(volume), "--scheduler", address])
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1, res.output
+    assert lines[0].startswith(f"error: --scheduler {address}: cannot reach a dask scheduler")
+    assert time.perf_counter() - start < 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]

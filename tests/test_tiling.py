@@ -4,7 +4,15 @@ import pytest
 import zarr
 
 from fm2s.runtime import OnnxDenoiser
-from fm2s.tiling import block_chunks, denoise_array, tiled, tiles_in, write_tasks
+from fm2s.tiling import (
+    block_chunks,
+    denoise_array,
+    plane_maps,
+    plane_stats,
+    tiled,
+    tiles_in,
+    write_tasks,
+)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +67,28 @@ def test_one_model_per_channel(runtime, quick_model, tmp_path, stack_uint16):
     got = denoise_array(da.from_array(data), models, 5, tile=64, c_axis=1,
                         dtype=np.float32).compute()
     assert np.array_equal(got[:, 0], runtime(data[:, 0].astype(np.float32)))
-    assert np.array_equal(got[:, 1], other.runtime("cpu")(data[:, 1].astype(np.float32)))
+    second = OnnxDenoiser(other.to_bytes(), provider="cpu")
+    assert np.array_equal(got[:, 1], second(data[:, 1].astype(np.float32)))
+
+
+@pytest.mark.parametrize("in_chunks", [(1, 40, 50), (3, 17, 19)])
+def test_planes_outside_the_range_are_mapped_the_same_for_any_tiling(runtime, stack_uint16,
+                                                                       in_chunks):
+    """A plane three times brighter than the model's range goes through the same affine
+    map in every tile, so the tiled result still equals the whole plane's."""
+    data = stack_uint16[0, 0].astype(np.float32)
+    data[1] *= 3
+    lazy = da.from_array(data, chunks=in_chunks)
+    stats = plane_stats(lazy).compute()
+    assert np.allclose(stats[:, :2], np.stack([data.min((1, 2)), data.max((1, 2))], 1))
+    maps = plane_maps(stats, [runtime.reference])
+    assert tuple(maps[0]) == (1.0, 0.0) and maps[1, 0] < 1  # only the bright plane moves
+    got = denoise_array(lazy, [runtime.data], runtime.halo, tile=16, chunk=24,
+                        dtype=np.float32, maps=maps).compute(scheduler="threads")
+    for i, (a, b) in enumerate(maps.astype(np.float32)):
+        expect = (runtime(data[i] * a + b) - b) / a if a != 1 else runtime(data[i])
+        assert np.array_equal(got[i], expect)
+    assert got[1].max() > 2 * data[0].max()  # not clipped at the model's range
 
 
 def test_write_tasks_fill_the_target_once(tmp_path):

@@ -1,3 +1,6 @@
+from pathlib import Path
+from types import SimpleNamespace
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -6,21 +9,15 @@ import zarr
 from conftest import write_ngff
 
 from fm2s.errors import FM2SError
-from fm2s.volume import (
-    OutputImage,
-    check_axes,
-    default_output,
-    downsample,
-    open_volume,
-    write_chunks,
-)
+from fm2s.readers import check_axes, open_image
+from fm2s.writers import OutputImage, default_output, downsample, write_chunks
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
 def test_reads_ome_zarr_from_an_independent_writer(tmp_path, stack_uint16, version):
     path = write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", version, levels=3)
-    vol = open_volume(path)
-    assert vol.kind == "OME-Zarr" and vol.ngff == version and vol.axes == "tczyx"
+    vol = open_image(path)
+    assert vol.kind == "OME-Zarr" and vol.ngff.version == version and vol.axes == "tczyx"
     assert vol.data.shape == stack_uint16.shape and vol.data.dtype == np.uint16
     assert len(vol.level_shapes) == 3 and vol.level_shapes[1][-2:] == (37, 66)
     assert vol.channels == 2
@@ -31,12 +28,12 @@ def test_plain_zarr_needs_axes(tmp_path, stack_uint16):
     z = zarr.create_array(tmp_path / "plain.zarr", shape=(3, 75, 133), dtype=np.uint16,
                           chunks=(1, 75, 133), zarr_format=2)
     z[:] = stack_uint16[0, 0]
-    with pytest.raises(FM2SError, match="--axes"):
-        open_volume(tmp_path / "plain.zarr")
-    vol = open_volume(tmp_path / "plain.zarr", axes="zyx")
-    assert vol.axes == "zyx" and vol.ngff == "0.4" and vol.level_shapes == [(3, 75, 133)]
+    with pytest.raises(FM2SError, match="axes"):
+        open_image(tmp_path / "plain.zarr")
+    vol = open_image(tmp_path / "plain.zarr", axes="zyx")
+    assert vol.axes == "zyx" and vol.ngff.version == "0.4" and vol.level_shapes == [(3, 75, 133)]
     with pytest.raises(FM2SError, match="dimensions"):
-        open_volume(tmp_path / "plain.zarr", axes="tzyx")
+        open_image(tmp_path / "plain.zarr", axes="tzyx")
 
 
 @pytest.mark.parametrize("axes", ["yxz", "tt", "zxy", "abc"])
@@ -50,7 +47,7 @@ def test_imagej_hyperstack_with_calibration(tmp_path, stack_uint16):
     path = tmp_path / "hyper.tif"
     tifffile.imwrite(path, data, imagej=True, resolution=(1 / 0.2, 1 / 0.2),
                      metadata={"axes": "TZCYX", "spacing": 0.5, "unit": "um", "finterval": 3.0})
-    vol = open_volume(path)
+    vol = open_image(path)
     assert vol.kind == "ImageJ TIFF" and vol.axes == "tczyx"  # ImageJ's TZC read as t, c, z
     assert np.array_equal(vol.data.compute(), stack_uint16)
     scale = vol.multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
@@ -63,16 +60,16 @@ def test_imagej_hyperstack_with_calibration(tmp_path, stack_uint16):
 def test_generic_tiff_stack_asks_for_axes(tmp_path, stack_uint16):
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, stack_uint16[0, 0], photometric="minisblack")  # no axes metadata
-    with pytest.raises(FM2SError, match="--axes"):
-        open_volume(path)
-    assert open_volume(path, axes="zyx").axes == "zyx"
+    with pytest.raises(FM2SError, match="axes"):
+        open_image(path)
+    assert open_image(path, axes="zyx").axes == "zyx"
 
 
 def test_bioformats2raw_layout_reads_series_0(tmp_path, stack_uint16):
     root = zarr.open_group(tmp_path / "b2r.zarr", mode="w", zarr_format=2)
     root.attrs["bioformats2raw.layout"] = 3
     write_ngff(tmp_path / "b2r.zarr" / "0", stack_uint16[0], "czyx", "0.4")
-    vol = open_volume(tmp_path / "b2r.zarr")
+    vol = open_image(tmp_path / "b2r.zarr")
     assert vol.axes == "czyx" and "bioformats2raw" in vol.notes[0]
 
 
@@ -88,15 +85,17 @@ def test_bad_volumes_get_clear_errors(tmp_path, make, match):
     path = tmp_path / "bad.zarr"
     make(path)
     with pytest.raises(FM2SError, match=match):
-        open_volume(path)
+        open_image(path)
 
 
 @pytest.mark.parametrize("src,out", [
     ("a/cells.ome.zarr", "a/cells.fm2s.ome.zarr"), ("a/cells.zarr/", "a/cells.fm2s.zarr"),
     ("a/cells.ome.tif", "a/cells.fm2s.ome.zarr"), ("b/s.tiff", "b/s.fm2s.ome.zarr"),
     ("http://host/data/x.ome.zarr", "x.fm2s.ome.zarr")])
-def test_default_output(src, out):
-    assert str(default_output(src)) == out
+def test_default_output(tmp_path, monkeypatch, src, out):
+    monkeypatch.chdir(tmp_path)
+    image = SimpleNamespace(source=src, plane_file=None)
+    assert default_output(image) == Path(out).absolute()
 
 
 @pytest.mark.parametrize("shape,target", [((2, 75, 133), (2, 37, 66)), ((2, 75, 133), (2, 38, 67)),
@@ -114,8 +113,24 @@ def test_output_chunks_hold_one_plane():
 
 
 def test_aborted_output_leaves_nothing(tmp_path, stack_uint16):
-    vol = open_volume(write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5"))
+    vol = open_image(write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5"))
     out = OutputImage(tmp_path / "out.ome.zarr", vol, np.uint16)
     assert out.tmp.exists() and not (tmp_path / "out.ome.zarr").exists()
     out.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]
+
+
+def test_missing_chunks_stop_the_publish(tmp_path, stack_uint16):
+    """A chunk that no task wrote (a worker writing elsewhere) fails the run, publishes
+    nothing, and names the level."""
+    vol = open_image(write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5"))
+    out = OutputImage(tmp_path / "out.ome.zarr", vol, np.uint16)
+    out.arrays[0][0] = stack_uint16[0]  # only the first time point
+    out.arrays[1][:] = 0
+    with pytest.raises(FM2SError, match="level s0: 6 of 12 chunks missing"):
+        out.commit({})
+    assert not (tmp_path / "out.ome.zarr").exists()
+    out.arrays[0][:] = 0  # zeros are written too (no chunk is skipped as "empty")
+    assert out.missing_chunks() == []
+    out.commit({})
+    assert (tmp_path / "out.ome.zarr" / "zarr.json").exists()

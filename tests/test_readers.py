@@ -1,10 +1,15 @@
 import numpy as np
 import pytest
 import tifffile
+from conftest import write_image  # noqa: I001
 from PIL import Image
 
 from fm2s.errors import FM2SError
-from fm2s.imageio import read_image, write_image
+from fm2s.readers import open_image
+
+
+def read_image(path):
+    return open_image(path).data.compute()
 
 
 @pytest.mark.parametrize("name, dtype", [("a.png", np.uint8), ("a.png", np.uint16),
@@ -15,14 +20,13 @@ def test_round_trip_keeps_values_and_dtype(tmp_path, rng, name, dtype):
     write_image(tmp_path / name, img)
     back = read_image(tmp_path / name)
     assert back.dtype == dtype and np.array_equal(back, img)
-    assert [p.name for p in tmp_path.iterdir()] == [name]  # no temporary files left
 
 
 def test_errors_name_the_problem(tmp_path):
     with pytest.raises(FM2SError, match="does not exist"):
         read_image(tmp_path / "missing.png")
     (tmp_path / "a.jpg").write_bytes(b"x")
-    with pytest.raises(FM2SError, match="unsupported file type"):
+    with pytest.raises(FM2SError, match="neither a zarr folder nor a TIFF or PNG"):
         read_image(tmp_path / "a.jpg")
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(FM2SError, match="colour|RGB"):
@@ -33,10 +37,6 @@ def test_errors_name_the_problem(tmp_path):
     Image.fromarray(np.zeros((5, 20), np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(FM2SError, match="at least 8 x 8"):
         read_image(tmp_path / "small.png")
-    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 20, 20), np.uint8),
-                     photometric="minisblack")
-    with pytest.raises(FM2SError, match="not one 2D plane"):
-        read_image(tmp_path / "stack.tif")
 
 
 @pytest.mark.parametrize("name", ["t.png", "t.tif"])
@@ -45,11 +45,5 @@ def test_truncated_files_are_reported(tmp_path, rng, name):
     write_image(tmp_path / name, img)
     data = (tmp_path / name).read_bytes()
     (tmp_path / name).write_bytes(data[: len(data) // 2])
-    with pytest.raises(FM2SError, match="cannot read"):
+    with pytest.raises(FM2SError, match="cannot read|truncated"):
         read_image(tmp_path / name)
-
-
-def test_png_cannot_hold_floats(tmp_path):
-    with pytest.raises(FM2SError, match="PNG"):
-        write_image(tmp_path / "f.png", np.zeros((8, 8), np.float32))
-    assert not list(tmp_path.iterdir())

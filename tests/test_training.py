@@ -5,7 +5,7 @@ import torch
 from fm2s.normalize import fit_normalization
 from fm2s.recipes import make_config
 from fm2s.sample import psnr
-from fm2s.train import resolve_device, train_network
+from fm2s.training import resolve_device, train_network
 
 
 def _run(image, **kw):

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import tree_bytes, write_ngff
+from conftest import tree_bytes, write_image, write_ngff
 from typer.testing import CliRunner
 
 from fm2s.cli import app
-from fm2s.volume_jobs import resolve_models, train_and_apply_volume, training_planes
+from fm2s.jobs import resolve_models, train_and_apply, training_planes
 
 runner = CliRunner()
 QUICK = {"samples": 4, "warmup_steps": 1}  # a short schedule: these tests check plumbing
@@ -54,9 +54,10 @@ def test_ome_zarr_in_ome_zarr_out(tmp_path, stack_uint16, version):
         root.attrs["omero"] = omero
     before = tree_bytes(src, skip_metadata=False)
     out = tmp_path / "out.ome.zarr"
-    summary = train_and_apply_volume(src, out, device="cpu", quiet=True, train_planes=2,
+    report = train_and_apply(src, out, device="cpu", train_planes=2,
                                      save_model=tmp_path / "m.onnx", **QUICK)
-    assert "3 level(s)" in summary and f"NGFF {version}" in summary
+    assert report.levels == 3 and report.output_format == f"OME-Zarr NGFF {version}"
+    assert report.channels[1].training_planes == [0, 5]
     assert tree_bytes(src, skip_metadata=False) == before  # input untouched
 
     _validate(out, version)  # an independent validator accepts it
@@ -118,7 +119,7 @@ def test_cli_train_and_apply_default_recipe(tmp_path, stack_uint16):
     res = _invoke("train-and-apply", src, "--device", "cpu", "--save-model",
                   tmp_path / "z.onnx", "--seed", 2)
     assert res.exit_code == 0, res.output
-    assert "1 model(s) fast/confocal, 1445 steps" in res.output  # twice the 2D samples
+    assert "model fast/confocal trained on 3 plane(s), 1445 steps" in res.output  # 2 x 2D
     assert (tmp_path / "z.onnx").exists()
     out = tmp_path / "z.fm2s.ome.zarr"
     _validate(out, "0.5")
@@ -135,9 +136,9 @@ def test_imagej_hyperstack_end_to_end(tmp_path, stack_uint16):
     res = _invoke("info", path)
     assert res.exit_code == 0 and "ImageJ TIFF" in res.output and "2 x 2 x 3 x 75 x 133" in \
         res.output
-    summary = train_and_apply_volume(path, device="cpu", quiet=True, **QUICK)
+    report = train_and_apply(path, device="cpu", **QUICK)
     out = tmp_path / "hyper.fm2s.ome.zarr"
-    assert str(out) in summary
+    assert report.output == str(out)
     _validate(out, "0.5")
     ms, _ = _attrs(out)
     assert ms["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == \
@@ -169,9 +170,9 @@ def test_http_ome_zarr_end_to_end(tmp_path, http_server, stack_uint16, monkeypat
     assert res.exit_code == 0, res.output
     assert "NGFF 0.4" in res.output and "levels: 2" in res.output
     monkeypatch.chdir(tmp_path)
-    summary = train_and_apply_volume(f"{url}/remote.ome.zarr", device="cpu", quiet=True, **QUICK)
+    report = train_and_apply(f"{url}/remote.ome.zarr", device="cpu", **QUICK)
     out = tmp_path / "remote.fm2s.ome.zarr"  # a URL's output goes to the current folder
-    assert "-> remote.fm2s.ome.zarr" in summary
+    assert report.output == str(out)
     _validate(out, "0.4")
     assert zarr.open_array(out / "s1").shape == (2, 3, 37, 66)
 
@@ -196,7 +197,7 @@ def test_training_planes_spread_evenly():
 
 def test_resolve_models(tmp_path, quick_model):
     assert resolve_models(quick_model, 3) == [quick_model]
-    with pytest.raises(Exception, match="2 models were given for 3"):
+    with pytest.raises(Exception, match="2 models for 3"):
         resolve_models(f"{quick_model},{quick_model}", 3)
     with pytest.raises(Exception, match="does not exist"):
         resolve_models(tmp_path / "none.onnx", 2)
@@ -209,14 +210,15 @@ def _one_line_error(res):
 
 
 @pytest.mark.parametrize("extra,match", [
-    (["--tile", "4"], "--tile 4 is too small"),
-    (["-o", "{tmp}/out.tif"], "ending in .ome.zarr"),
+    (["--tile", "4"], "--tile 4: too small"),
+    (["-o", "{tmp}/out.tif"], "holds one 2D plane"),
+    (["-o", "{tmp}/out.h5"], "unknown extension"),
     (["-o", "{tmp}/in.ome.zarr/inner.zarr"], "nest in the input"),
     (["-o", "{tmp}/nofolder/out.ome.zarr"], "does not exist"),
     (["--axes", "czyx"], "contradicts"),
-    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "exclude each other"),
+    (["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"], "excludes workers"),
     (["--workers", "0"], "positive number of worker processes"),
-    (["--save-model", "{tmp}/m.txt"], "should end in .onnx"),
+    (["--save-model", "{tmp}/m.txt"], "ending in .onnx"),
     (["--ngff", "0.3"], "0.3"),
 ])
 def test_bad_volume_options_get_one_line_and_write_nothing(tmp_path, stack_uint16, extra, match):
@@ -231,23 +233,22 @@ def test_bad_volume_options_get_one_line_and_write_nothing(tmp_path, stack_uint1
 def test_apply_checks_the_model_count(tmp_path, stack_uint16, quick_model):
     src = write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5", levels=1)
     res = _invoke("apply", f"{quick_model},{quick_model},{quick_model}", src)
-    assert _one_line_error(res) and "3 models were given for 2 channel(s)" in res.output
+    assert _one_line_error(res) and "3 models for 2 channel(s)" in res.output
     assert not (tmp_path / "in.fm2s.ome.zarr").exists()
 
 
 def test_info_on_a_2d_image(tmp_path, noisy_and_truth):
-    from fm2s.imageio import write_image
-
     write_image(tmp_path / "a.tif", noisy_and_truth[0])
     res = _invoke("info", tmp_path / "a.tif")
-    assert res.exit_code == 0 and "2D TIFF image, 80 x 64 pixels, uint16" in res.output
+    assert res.exit_code == 0 and "2D TIFF image" in res.output
+    assert "axes yx, shape 64 x 80, uint16" in res.output and "a.fm2s.tif" in res.output
 
 
 def test_progress_weights_cover_every_voxel_once(quick_model, stack_uint16):
     import dask.array as da
 
+    from fm2s.jobs import _block_weights
     from fm2s.tiling import denoise_array
-    from fm2s.volume_jobs import _block_weights
 
     lazy = denoise_array(da.from_array(stack_uint16), [quick_model.read_bytes()], 5, tile=64,
                          chunk=48)

@@ -1,20 +1,14 @@
-"""Image volumes in and out: OME-Zarr (NGFF 0.4 on zarr v2, 0.5 on zarr v3), plain zarr
-arrays and TIFF stacks, read lazily as dask arrays; OME-Zarr written with the input's
-metadata and a pyramid regenerated from the denoised data.
-
-Everything here is I/O: the denoising itself happens on dask arrays (:mod:`fm2s.tiling`).
-"""
+"""Reading every input as one kind of object, :class:`Image`: OME-Zarr (NGFF 0.4 and 0.5,
+local or http), plain zarr arrays, TIFF stacks and 2D PNG/TIFF images, lazily as dask arrays
+with the metadata their denoised copy carries. A 2D image is an image with axes ``yx``."""
 
 from __future__ import annotations
 
 import copy
 import math
-import os
-import shutil
 import threading
 import uuid
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import dask.array as da
@@ -22,13 +16,12 @@ import numpy as np
 import tifffile
 import zarr
 
-from .api import cast_like
-from .errors import FM2SError
+from .errors import FM2SError, ParameterError
+from .formats import NGFF, PNG, TIFF, V04, V05, NgffFormat, PlaneFile, ngff_format
+from .pixels import check_pixel_type, check_plane_shape
 
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
-NGFF_VERSIONS = ("0.4", "0.5")
 TIFF_SUFFIXES = (".tif", ".tiff")
-WRITE_CHUNK = 1024  # YX chunk side of the output; every other axis has chunk 1
 _TIFF_AXES = {"T": "t", "Z": "z", "C": "c", "Y": "y", "X": "x"}
 
 
@@ -42,18 +35,21 @@ def check_axes(axes: str, ndim: int, where: str) -> str:
     axes = axes.lower()
     order = "tczyx"
     if len(axes) != ndim:
-        raise FM2SError(f"{where} has {ndim} dimensions but axes '{axes}' name {len(axes)}: "
-                        f"give one letter per dimension, e.g. --axes {order[-ndim:]}")
+        raise ParameterError("axes", axes, f"{where} has {ndim} dimensions but the axes name "
+                             f"{len(axes)}: give one letter per dimension, e.g. "
+                             f"{order[-ndim:]}")
     if (not set(axes) <= set(order) or len(set(axes)) != len(axes)
             or not axes.endswith("yx") or list(axes) != sorted(axes, key=order.index)):
-        raise FM2SError(f"axes '{axes}' of {where} are not an ordered subset of t, c, z, y, x "
-                        "ending in y, x: fm2s-tile reads tczyx-ordered data (e.g. tyx, czyx)")
+        raise ParameterError("axes", axes, f"the axes of {where} are not an ordered subset of "
+                             "t, c, z, y, x ending in y, x: fm2s-tile reads tczyx-ordered data "
+                             "(e.g. tyx, czyx)")
     return axes
 
 
 @dataclass
-class Volume:
-    """A lazily read image volume and the metadata its denoised copy carries.
+class Image:
+    """A lazily read image (a 2D plane, a stack, a timelapse) and the metadata its
+    denoised copy carries.
 
     Attributes
     ----------
@@ -62,11 +58,12 @@ class Volume:
     axes
         Axis letters, an ordered subset of ``tczyx`` ending in ``yx``.
     source
-        Path or URL it was read from.
+        Path or URL it was read from (local paths made absolute).
     kind
-        What was found (``OME-Zarr``, ``zarr array``, ``ImageJ TIFF``, ``OME-TIFF``, ``TIFF``).
+        What was found (``OME-Zarr``, ``zarr array``, ``ImageJ TIFF``, ``OME-TIFF``,
+        ``TIFF``, ``PNG``).
     ngff
-        NGFF version the output is written in.
+        The NGFF version of the input, or the one its OME-Zarr copy is written in.
     multiscale
         The NGFF multiscale description (axes, datasets with their coordinate
         transformations, name, ...), without its version key.
@@ -78,23 +75,31 @@ class Volume:
         Other group attributes, carried over as they are.
     notes
         Remarks for the user (``info`` prints them).
+    plane_file
+        For a single-plane PNG or TIFF file: its format (the default output format).
     """
 
     data: da.Array
     axes: str
     source: str
     kind: str
-    ngff: str
+    ngff: NgffFormat
     multiscale: dict
     level_shapes: list[tuple[int, ...]]
     omero: dict | None = None
     extra: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    plane_file: PlaneFile | None = None
 
     @property
     def channels(self) -> int:
         """Number of channels (1 without a c axis)."""
         return self.data.shape[self.axes.index("c")] if "c" in self.axes else 1
+
+    @property
+    def c_axis(self) -> int | None:
+        """Index of the channel axis, or None."""
+        return self.axes.index("c") if "c" in self.axes else None
 
     @property
     def planes_per_channel(self) -> int:
@@ -129,7 +134,7 @@ def _multiscale_for(axes: str, scales: dict[str, float], units: dict[str, str],
                           "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}
 
 
-def _open_zarr(source: str, axes: str | None, ngff: str | None) -> Volume:
+def _open_zarr(source: str, axes: str | None, ngff: NgffFormat | None) -> Image:
     try:
         node = zarr.open(store=source, mode="r")
     except Exception as exc:  # zarr raises several types for "not zarr"
@@ -140,15 +145,15 @@ def _open_zarr(source: str, axes: str | None, ngff: str | None) -> Volume:
     if isinstance(node, zarr.Array):
         if axes is None:
             if node.ndim != 2:
-                raise FM2SError(f"'{source}' is a plain zarr array of shape {node.shape} without "
-                                "axes metadata: say what its dimensions are with --axes, "
-                                f"e.g. --axes {'tczyx'[-node.ndim:]}")
+                raise ParameterError("axes", None, f"'{source}' is a plain zarr array of shape "
+                                     f"{node.shape} without axes metadata: say what its "
+                                     f"dimensions are, e.g. {'tczyx'[-node.ndim:]}")
             axes = "yx"
         axes = check_axes(axes, node.ndim, f"'{source}'")
         fmt = node.metadata.zarr_format
         name = Path(source.rstrip("/")).name
-        return Volume(da.from_zarr(node), axes, source, "zarr array",
-                      ngff or ("0.4" if fmt == 2 else "0.5"),
+        return Image(da.from_zarr(node), axes, source, "zarr array",
+                      ngff or (V04 if fmt == 2 else V05),
                       _multiscale_for(axes, {}, {}, name), [node.shape],
                       notes=["no OME metadata: scale 1 on every axis, one pyramid level"])
     attrs = node.attrs.asdict()
@@ -174,9 +179,10 @@ def _open_zarr(source: str, axes: str | None, ngff: str | None) -> Volume:
     if version is None:
         version = str(ms.pop("version", "0.4"))
     ms.pop("version", None)
-    if version not in NGFF_VERSIONS:
+    if version not in NGFF:
         raise FM2SError(f"'{source}' is OME-Zarr {version}: fm2s-tile reads NGFF 0.4 and 0.5; "
                         "convert it first (e.g. with ome-zarr-py or bioformats2raw)")
+    version = NGFF[version]
     if len(multiscales) > 1:
         notes.append(f"{len(multiscales)} multiscales: denoising the first, '{ms.get('name')}'")
     try:
@@ -190,19 +196,26 @@ def _open_zarr(source: str, axes: str | None, ngff: str | None) -> Volume:
                         "y, x; rename them or convert the image")
     names = check_axes("".join(axis_names), levels[0].ndim, f"'{source}'")
     if axes is not None and axes.lower() != names:
-        raise FM2SError(f"--axes {axes} contradicts the input's OME metadata (axes {names}): "
-                        "leave --axes out for OME-Zarr input")
+        raise ParameterError("axes", axes, f"contradicts the input's OME metadata (axes "
+                             f"{names}): leave it out for OME-Zarr input")
     extra = {k: v for k, v in attrs.items() if k not in ("ome", "multiscales", "omero", "fm2s")}
-    return Volume(da.from_zarr(levels[0]), names, source, "OME-Zarr", version, ms,
+    return Image(da.from_zarr(levels[0]), names, source, "OME-Zarr", version, ms,
                   [lv.shape for lv in levels], omero=copy.deepcopy(meta.get("omero")),
                   extra=extra, notes=notes)
 
 
 class _TiffPlanes:
-    """Picklable lazy reader of one TIFF series (tifffile's zarr interface, opened per process)."""
+    """Picklable lazy reader of one TIFF series, opened per process.
 
-    def __init__(self, path: str, series: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    An uncompressed series stored in one piece (most stacks and large 2D images) is read
+    through a memory map opened for each read, so a read costs only the rows it asks for;
+    any other layout through tifffile's zarr interface (strips or tiles).
+    """
+
+    def __init__(self, path: str, series: int, shape: tuple[int, ...], dtype: np.dtype,
+                 offset: int | None = None) -> None:
         self.path, self.series, self.shape, self.dtype = path, series, shape, np.dtype(dtype)
+        self.offset = offset
         self.ndim = len(shape)
         self._array = None
         self._lock = threading.Lock()
@@ -215,11 +228,21 @@ class _TiffPlanes:
         self._array, self._lock = None, threading.Lock()
 
     def __getitem__(self, index):
-        with self._lock:
-            if self._array is None:
-                store = tifffile.imread(self.path, aszarr=True, series=self.series, level=0)
-                self._array = zarr.open(store, mode="r")
-            return self._array[index]
+        try:
+            if self.offset is not None:
+                mapped = np.memmap(self.path, self.dtype, "r", self.offset, self.shape)
+                try:
+                    return np.array(mapped[index], dtype=self.dtype.newbyteorder("="))
+                finally:
+                    del mapped
+            with self._lock:
+                if self._array is None:
+                    store = tifffile.imread(self.path, aszarr=True, series=self.series, level=0)
+                    self._array = zarr.open(store, mode="r")
+                return self._array[index]
+        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
+            raise FM2SError(f"cannot read '{self.path}' as TIFF ({exc}): the file is damaged "
+                            "or truncated") from None
 
 
 def _tiff_metadata(tif: tifffile.TiffFile, axes: str) -> tuple[dict, dict, dict | None, str]:
@@ -285,21 +308,29 @@ def _ngff_unit(unit: str) -> str:
     return _UNITS.get(unit, _UNITS.get(unit.lower(), ""))
 
 
-def _open_tiff(path: Path, axes: str | None, ngff: str | None) -> Volume:
+def _open_tiff(path: Path, axes: str | None, ngff: NgffFormat | None) -> Image:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            offset = series.dataoffset if len(series.levels) == 1 else None
+            size = math.prod(series.shape) * series.dtype.itemsize
+            if offset is not None and path.stat().st_size < offset + size:
+                raise FM2SError(f"'{path}' is truncated ({path.stat().st_size} bytes, its image "
+                                f"needs {offset + size}): the file is damaged")
             found = series.axes
             shape, dtype = tuple(series.shape), series.dtype
             level_shapes = [tuple(lv.shape) for lv in series.levels]
             if axes is None:
                 unknown = [a for a in found if a not in _TIFF_AXES]
                 if unknown:
-                    raise FM2SError(
-                        f"'{path}' has dimensions '{found}' (shape {shape}); fm2s-tile cannot "
-                        f"tell what '{''.join(unknown)}' is: pass --axes, e.g. --axes "
-                        f"{'tczyx'[-len(shape):]}" + (" (an RGB image cannot be denoised as "
-                                                       "one channel)" if "S" in found else ""))
+                    if "S" in found:
+                        raise FM2SError(f"'{path}' is an RGB image (dimensions '{found}'): "
+                                        "fm2s-tile denoises single-channel images; save each "
+                                        "channel as a grayscale image")
+                    raise ParameterError(
+                        "axes", None, f"'{path}' has dimensions '{found}' (shape {shape}); "
+                        f"fm2s-tile cannot tell what '{''.join(unknown)}' is: say what they "
+                        f"are, e.g. {'tczyx'[-len(shape):]}")
                 axes = "".join(_TIFF_AXES[a] for a in found)
             stored = axes.lower()
             # ImageJ stores TZCYX: read the planes in tczyx order (a lazy transpose)
@@ -312,8 +343,9 @@ def _open_tiff(path: Path, axes: str | None, ngff: str | None) -> Volume:
     except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
         raise FM2SError(f"cannot read '{path}' as TIFF ({exc}): the file is damaged, truncated "
                         "or not an image") from None
-    reader = _TiffPlanes(str(path), 0, shape, dtype)
-    data = da.from_array(reader, chunks=(1,) * (len(shape) - 2) + shape[-2:], asarray=True,
+    reader = _TiffPlanes(str(path), 0, shape, dtype, offset)
+    chunks = (1,) * (len(shape) - 2) + _plane_chunks(shape)
+    data = da.from_array(reader, chunks=chunks, asarray=True,
                          name=f"tiff-{uuid.uuid5(uuid.NAMESPACE_URL, str(path.resolve()))}",
                          meta=np.empty((0,) * len(shape), dtype)).transpose(order)
     shape = data.shape
@@ -325,16 +357,52 @@ def _open_tiff(path: Path, axes: str | None, ngff: str | None) -> Volume:
             {"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
                 s * shape[j] / lv[j] for j, s in enumerate(base)]}]}
             for i, lv in enumerate(level_shapes)]
-    return Volume(data, axes, str(path), kind, ngff or "0.5", ms, level_shapes, omero=omero)
+    return Image(data, axes, str(path), kind, ngff or V05, ms, level_shapes, omero=omero,
+                 plane_file=TIFF if axes == "yx" else None)
 
 
-def open_volume(source: str | Path, axes: str | None = None, ngff: str | None = None) -> Volume:
-    """Open an OME-Zarr image, a zarr array or a TIFF stack lazily.
+def _plane_chunks(shape: tuple[int, ...], side: int = 4096) -> tuple[int, int]:
+    """YX chunks of a TIFF plane read lazily: bands of whole rows, at most ``side`` rows
+    unless the plane is small (a large 2D image is never read in one piece)."""
+    h, w = shape[-2:]
+    rows = h if h * w <= side * side else max(1, side * side // w)
+    return (min(h, rows), w)
+
+
+def _open_png(path: Path, ngff: NgffFormat | None) -> Image:
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PILImage.open(path) as im:
+            im.load()
+            if im.mode == "P" or len(im.getbands()) > 1:
+                raise FM2SError(f"'{path}' is a {im.mode} (colour) image: fm2s-tile denoises "
+                                "single-channel images; save it as grayscale")
+            pixels = np.asarray(im)
+            if im.mode == "I" and pixels.min() >= 0 and pixels.max() <= 65535:
+                pixels = pixels.astype(np.uint16)
+            elif im.mode == "1":
+                pixels = pixels.astype(np.uint8) * 255
+    except FM2SError:
+        raise
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as exc:
+        raise FM2SError(f"cannot read '{path}' as PNG ({exc}): the file is damaged, "
+                        "truncated or not an image") from None
+    data = da.from_array(pixels, chunks=pixels.shape,
+                         name=f"png-{uuid.uuid5(uuid.NAMESPACE_URL, str(path))}")
+    return Image(data, "yx", str(path), "PNG", ngff or V05,
+                 _multiscale_for("yx", {}, {}, path.name), [pixels.shape], plane_file=PNG)
+
+
+def open_image(source: str | Path, axes: str | None = None, ngff: str | None = None) -> Image:
+    """Open any input lazily: OME-Zarr image, zarr array, TIFF stack, 2D PNG or TIFF.
 
     Parameters
     ----------
     source
-        Local path or http(s) URL (zarr only) of the input.
+        Local path (made absolute here, so that tasks on other processes or machines
+        find it) or http(s) URL (zarr only).
     axes
         Axis letters for data without axes metadata (plain zarr, generic TIFF).
     ngff
@@ -344,154 +412,28 @@ def open_volume(source: str | Path, axes: str | None = None, ngff: str | None = 
     Raises
     ------
     FM2SError
-        Missing input, unreadable metadata, unsupported axes or NGFF version.
+        Missing or damaged input, unreadable metadata, unsupported axes, pixel type or
+        NGFF version, planes smaller than 8 x 8.
     """
     source = str(source)
-    if ngff is not None and ngff not in NGFF_VERSIONS:
-        raise FM2SError(f"NGFF version {ngff!r} is not one fm2s-tile writes: use 0.4 or 0.5")
+    fmt = ngff_format(ngff) if ngff is not None else None
     if is_url(source):
-        return _open_zarr(source.rstrip("/"), axes, ngff)
-    path = Path(source)
-    if not path.exists():
-        raise FM2SError(f"input '{path}' does not exist: check the path")
-    if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
-        return _open_tiff(path, axes, ngff)
-    if not path.is_dir():
-        raise FM2SError(f"'{path}' is neither a zarr folder nor a TIFF stack: pass an "
-                        "OME-Zarr image, a zarr array, a TIFF or PNG file")
-    return _open_zarr(str(path), axes, ngff)
-
-
-def default_output(source: str) -> Path:
-    """Output path next to the input: ``cells.ome.zarr`` -> ``cells.fm2s.ome.zarr``.
-
-    TIFF stacks give ``<stem>.fm2s.ome.zarr``; a URL gives the name in the current folder.
-    """
-    name = Path(str(source).rstrip("/")).name
-    path = Path(name) if is_url(source) else Path(str(source).rstrip("/"))
-    lower = name.lower()
-    for ext in (".ome.zarr", ".zarr"):
-        if lower.endswith(ext):
-            return path.with_name(name[: -len(ext)] + ".fm2s" + ext)
-    for ext in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if lower.endswith(ext):
-            return path.with_name(name[: -len(ext)] + ".fm2s.ome.zarr")
-    return path.with_name(name + ".fm2s.ome.zarr")
-
-
-def write_chunks(shape: tuple[int, ...], side: int = WRITE_CHUNK) -> tuple[int, ...]:
-    """Output chunks: one plane in every non-YX axis, up to ``side`` pixels in Y and X."""
-    return (1,) * (len(shape) - 2) + tuple(min(n, side) for n in shape[-2:])
-
-
-def _compressor(zarr_format: int):
-    if zarr_format == 2:
-        from numcodecs import Blosc
-
-        return Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
-
-
-class OutputImage:
-    """An OME-Zarr image being written: a hidden folder beside the target until :meth:`commit`.
-
-    A failed or interrupted run leaves nothing at the output path (call :meth:`abort`).
-    """
-
-    def __init__(self, path: Path, volume: Volume, dtype: np.dtype) -> None:
-        self.path = Path(path)
-        self.volume = volume
-        self.zarr_format = 2 if volume.ngff == "0.4" else 3
-        self.tmp = self.path.with_name(f".{self.path.name}.part-{uuid.uuid4().hex[:8]}")
-        self.group = zarr.open_group(self.tmp, mode="w-", zarr_format=self.zarr_format)
-        self.arrays = []
-        for dataset, shape in zip(volume.multiscale["datasets"], volume.level_shapes):
-            kwargs = ({"chunk_key_encoding": {"name": "v2", "separator": "/"}}
-                      if self.zarr_format == 2 else {"dimension_names": list(volume.axes)})
-            self.arrays.append(self.group.create_array(
-                dataset["path"], shape=shape, chunks=write_chunks(shape), dtype=dtype,
-                compressors=_compressor(self.zarr_format), fill_value=0, **kwargs))
-
-    def attributes(self, provenance: dict) -> dict:
-        """Group attributes: the input's NGFF metadata in the output's version, plus provenance."""
-        ms = copy.deepcopy(self.volume.multiscale)
-        ms["type"] = "mean"
-        ms["metadata"] = {"description": "levels after the first: block means of the denoised "
-                                         "level above, computed by fm2s-tile"}
-        image: dict = {"multiscales": [ms]}
-        if self.volume.omero is not None:
-            image["omero"] = self.volume.omero
-        if self.volume.ngff == "0.4":
-            ms["version"] = "0.4"
-            attrs = dict(image)
+        image = _open_zarr(source.rstrip("/"), axes, fmt)
+    else:
+        path = Path(source).absolute()
+        if not path.exists():
+            raise FM2SError(f"input '{source}' does not exist: check the path")
+        if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
+            image = _open_tiff(path, axes, fmt)
+        elif path.suffix.lower() == ".png" and path.is_file():
+            if axes is not None and axes.lower() != "yx":
+                raise ParameterError("axes", axes, "a PNG image is one yx plane: leave it out")
+            image = _open_png(path, fmt)
+        elif path.is_dir():
+            image = _open_zarr(str(path), axes, fmt)
         else:
-            attrs = {"ome": {"version": "0.5", **image}}
-        return {**copy.deepcopy(self.volume.extra), **attrs, "fm2s": provenance}
-
-    def commit(self, provenance: dict, overwrite: bool = False) -> None:
-        """Write the metadata and move the finished image to its path."""
-        self.group.attrs.update(self.attributes(provenance))
-        old = None
-        if self.path.exists():
-            if not overwrite:
-                raise FM2SError(f"output '{self.path}' appeared while writing: it was left as "
-                                "it is; pass --overwrite to replace it")
-            old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-
-    def abort(self) -> None:
-        """Remove the partial output."""
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def downsample(level: da.Array, shape: tuple[int, ...], dtype: np.dtype) -> da.Array:
-    """Block means of ``level`` down to ``shape`` (integer factor per axis; edges padded).
-
-    The factors are the ratios of the shapes, rounded, so both floor- and ceil-sized
-    pyramids are reproduced exactly in shape.
-    """
-    factors = [max(1, round(a / b)) for a, b in zip(level.shape, shape)]
-    x = level
-    for ax, (n, f) in enumerate(zip(shape, factors)):
-        need = n * f
-        if x.shape[ax] > need:
-            x = x[(slice(None),) * ax + (slice(0, need),)]
-        elif x.shape[ax] < need:
-            pad = [(0, 0)] * x.ndim
-            pad[ax] = (0, need - x.shape[ax])
-            x = da.pad(x, pad, mode="edge")
-    out_chunks = write_chunks(shape)
-    x = x.rechunk(tuple(f * c for f, c in zip(factors, out_chunks)))
-    mean = da.coarsen(np.mean, x.astype(np.float64), dict(enumerate(factors)))
-    return mean.map_blocks(partial(cast_like, dtype=np.dtype(dtype)), dtype=dtype)
-
-
-def describe(volume: Volume) -> str:
-    """Several lines saying what was found (``fm2s-tile info``)."""
-    shape = volume.data.shape
-    x = " x ".join(str(n) for n in shape)
-    chunks = " x ".join(str(c[0]) for c in volume.data.chunks)
-    nbytes = math.prod(shape) * volume.data.dtype.itemsize
-    version = (f"NGFF {volume.ngff}" if volume.kind == "OME-Zarr"
-               else f"written as OME-Zarr NGFF {volume.ngff}")
-    lines = [f"{volume.source}: {volume.kind} ({version})",
-             f"  axes {volume.axes}, shape {x}, {volume.data.dtype}, chunks {chunks}, "
-             f"{nbytes / 1e9:.3g} GB",
-             f"  levels: {len(volume.level_shapes)} ("
-             + ", ".join("x".join(map(str, s)) for s in volume.level_shapes) + ")"]
-    transforms = volume.multiscale["datasets"][0].get("coordinateTransformations", [])
-    scale = next((t.get("scale") for t in transforms if t.get("type") == "scale"), None)
-    if scale:
-        units = {a.get("name"): a.get("unit", "") for a in volume.multiscale["axes"]
-                 if isinstance(a, dict)}
-        lines.append("  scale: " + ", ".join(f"{a} {s:g} {units.get(a) or ''}".rstrip()
-                                             for a, s in zip(volume.axes, scale) if a != "c"))
-    labels = [c.get("label", "") for c in (volume.omero or {}).get("channels", [])]
-    planes = volume.planes_per_channel
-    lines.append(f"  channels: {volume.channels}" + (f" ({', '.join(labels)})" if labels else "")
-                 + f"; {planes} plane(s) of {shape[-2]} x {shape[-1]} per channel")
-    lines += [f"  note: {n}" for n in volume.notes]
-    return "\n".join(lines)
+            raise FM2SError(f"'{source}' is neither a zarr folder nor a TIFF or PNG file: pass "
+                            "an OME-Zarr image, a zarr array, a TIFF or PNG file")
+    check_plane_shape(image.data.shape, f"'{source}'")
+    check_pixel_type(image.data.dtype, f"'{source}'")
+    return image

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import ParameterError
 from .network import FM2SNet
 from .noise import add_noise, median_target, region_means
 from .recipes import TrainConfig
@@ -44,10 +45,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU: "
-                         "use --device cpu")
+        raise ParameterError("device", device, "torch sees no CUDA GPU here: use cpu")
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}: choose auto, cpu or cuda")
+        raise ParameterError("device", device, "choose auto, cpu or cuda")
     return torch.device(device)
 
 

@@ -1,0 +1,379 @@
+"""The jobs behind the command line, one path for every input: open the image (a 2D plane
+is an image with axes ``yx``), train one model per channel or load saved ones, denoise
+every plane tile by tile with dask, write the output, and return a report.
+
+Training imports torch (lazily, in :func:`train_and_apply` only); :func:`apply` and
+:func:`info` run on numpy, dask, zarr and onnxruntime alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ._version import __version__
+from .cluster import Runner, check_cluster_options, runner
+from .errors import FM2SError, ParameterError
+from .pixels import MIN_SIDE
+from .progress import ProgressDisplay
+from .readers import Image, is_url, open_image
+from .recipes import (
+    DEFAULT_MICROSCOPE,
+    DEFAULT_RECIPE,
+    DEFAULT_TILE,
+    DEFAULT_TRAIN_PLANES,
+    config_for,
+)
+from .runtime import OnnxDenoiser
+from .tiling import denoise_array, plane_maps, plane_stats, tiles_in, write_tasks
+from .writers import OutputImage, check_new_path, default_output, downsample, output_kind
+
+
+@dataclass(frozen=True)
+class ChannelReport:
+    """What one channel's model was and what it met.
+
+    ``data_range`` is the channel's [min, max]; ``model_range`` the range the model was
+    trained on; ``mapped_planes`` of ``planes`` lay outside it and were mapped into it.
+    """
+
+    channel: int
+    model_sha256: str
+    model_file: str | None
+    recipe: str | None
+    preset: str | None
+    seed: int | None
+    normalization: dict
+    data_range: tuple[float, float]
+    model_range: tuple[float, float]
+    planes: int
+    mapped_planes: int
+    training_planes: list[int] | None = None
+    steps: int | None = None
+    train_seconds: float | None = None
+    device: str | None = None
+
+    def record(self) -> dict:
+        """The channel's entry in the output's provenance."""
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a ``train-and-apply`` or ``apply`` run did."""
+
+    source: str
+    output: str
+    kind: str
+    output_format: str
+    axes: str
+    shape: tuple[int, ...]
+    dtype: str
+    out_dtype: str
+    levels: int
+    channels: list[ChannelReport]
+    tiles: int
+    apply_seconds: float
+    where: str
+    provider: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def voxels(self) -> int:
+        """Voxels denoised."""
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class InfoReport:
+    """What ``info`` found, and what ``train-and-apply`` would do with it."""
+
+    image: Image
+    train_planes: int
+    default_output: str
+
+
+def training_planes(n_planes: int, k: int) -> list[int]:
+    """``k`` plane indices spread evenly over ``n_planes`` (all of them when k >= n)."""
+    if k < 1:
+        raise ParameterError("train_planes", k, "give at least 1")
+    if k >= n_planes:
+        return list(range(n_planes))
+    return sorted({round(i * (n_planes - 1) / (k - 1)) for i in range(k)} if k > 1
+                  else {(n_planes - 1) // 2})
+
+
+def model_paths(save_model: str | Path | None, channels: int, overwrite: bool) -> list[Path]:
+    """Where ``save_model=PATH`` puts models: PATH for one channel, else ``<stem>_c<k>.onnx``."""
+    if save_model is None:
+        return []
+    save_model = Path(save_model)
+    if save_model.suffix.lower() != ".onnx":
+        raise ParameterError("save_model", str(save_model), "give a path ending in .onnx")
+    paths = ([save_model] if channels == 1 else
+             [save_model.with_name(f"{save_model.stem}_c{k}.onnx") for k in range(channels)])
+    return [check_new_path(p, overwrite, "model") for p in paths]
+
+
+def resolve_models(spec: str | Path, channels: int) -> list[Path]:
+    """Model files for ``apply``: one for every channel, a comma-separated list with one
+    per channel, or the ``save_model`` path of a multi-channel run (``<stem>_c<k>.onnx``)."""
+    parts = [Path(p).absolute() for p in str(spec).split(",") if p]
+    if not parts:
+        raise ParameterError("model", str(spec), "give the path of a saved .onnx model")
+    if len(parts) > 1:
+        if len(parts) != channels:
+            raise ParameterError("model", str(spec), f"{len(parts)} models for {channels} "
+                                 "channel(s): give one model, or one per channel")
+        return parts
+    path = parts[0]
+    if path.is_file():
+        return [path]
+    per_channel = [path.with_name(f"{path.stem}_c{k}.onnx") for k in range(channels)]
+    if channels > 1 and all(p.is_file() for p in per_channel):
+        return per_channel
+    raise FM2SError(f"model file '{path}' does not exist"
+                    + (f" (nor {per_channel[0].name} ... {per_channel[-1].name})"
+                       if channels > 1 else "") + ": check the path")
+
+
+def _out_dtype(image: Image, dtype: str | None) -> np.dtype:
+    if dtype in (None, "input"):
+        return np.dtype(image.data.dtype)
+    if dtype != "float32":
+        raise ParameterError("dtype", dtype, "choose input or float32")
+    return np.dtype(np.float32)
+
+
+def _check_output(image: Image, output: str | Path | None, overwrite: bool,
+                  dtype: np.dtype) -> tuple[Path, object]:
+    path = default_output(image) if output is None else Path(output).absolute()
+    kind = output_kind(path, image, dtype)
+    if not is_url(image.source):
+        src = Path(image.source).resolve()
+        out = path.resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise ParameterError("output", str(output or path), "it would overwrite or nest in "
+                                 "the input: choose another output path")
+    return check_new_path(path, overwrite, "output", folder=kind is None), kind
+
+
+def _check_tile(tile: int) -> None:
+    if tile < MIN_SIDE:
+        raise ParameterError("tile", tile, f"too small: give at least {MIN_SIDE} (default "
+                             f"{DEFAULT_TILE})")
+
+
+def _block_weights(array: da.Array, tile: int, halo: int) -> tuple[list[int], list[int]]:
+    """Tiles and voxels of each block of a :func:`denoise_array` result, in task order."""
+    tiles, voxels = [], []
+    ys, xs = array.chunks[-2:]
+    lead = math.prod(len(c) for c in array.chunks[:-2])
+    for _ in range(lead):
+        for iy, by in enumerate(ys):
+            for ix, bx in enumerate(xs):
+                ey = by + halo * (iy > 0) + halo * (iy < len(ys) - 1)
+                ex = bx + halo * (ix > 0) + halo * (ix < len(xs) - 1)
+                tiles.append(tiles_in((ey, ex), tile))
+                voxels.append(by * bx)
+    return tiles, voxels
+
+
+def _channel_stats(image: Image, run: Runner) -> np.ndarray:
+    """:func:`~fm2s.tiling.plane_stats` (one read of the input); refuses NaN/Inf."""
+    stats = np.asarray(run.compute(plane_stats(image.data)))
+    bad = ~np.all(np.isfinite(stats), axis=-1)
+    if bad.any():
+        where = ", ".join(f"{a}={i}" for a, i in zip(image.axes, np.argwhere(bad)[0]))
+        raise FM2SError(f"'{image.source}' holds NaN or infinite values ({bad.sum()} plane(s), "
+                        f"first at {where or 'the image'}): replace them before denoising")
+    return stats
+
+
+def _per_channel(image: Image, values: np.ndarray, channel: int) -> np.ndarray:
+    c = image.c_axis
+    return values if c is None else np.take(values, channel, axis=c)
+
+
+def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int, output: Path,
+             kind, dtype: np.dtype, tile: int, provider: str, run: Runner,
+             progress: ProgressDisplay, provenance: dict, overwrite: bool) -> tuple[int, float]:
+    """Denoise every plane, write level 0 and the pyramid, check, publish."""
+    c_axis = image.c_axis if len(models) > 1 else None
+    out = OutputImage(output, image, dtype, kind)
+    start = datetime.now(UTC)
+    try:
+        denoised = denoise_array(image.data, models, halo, tile, c_axis, dtype, provider,
+                                 maps=maps)
+        tiles, voxels = _block_weights(denoised, tile, halo)
+        run.run(write_tasks(denoised, out.arrays[0]), progress.tasks("denoising", tiles, voxels))
+        for level in range(1, len(out.arrays)):
+            source = da.from_zarr(out.arrays[level - 1])
+            small = downsample(source, image.level_shapes[level], dtype)
+            tasks = write_tasks(small, out.arrays[level])
+            sizes = [math.prod(shape) for shape in itertools.product(*small.chunks)]
+            run.run(tasks, progress.tasks(f"pyramid level {level}", [1] * len(tasks), sizes,
+                                          unit="chunks"))
+        seconds = (datetime.now(UTC) - start).total_seconds()
+        out.commit({**provenance, "tile": tile, "halo": halo, "dtype": str(dtype),
+                    "scheduler": run.describe(), "provider": provider}, overwrite=overwrite)
+    except BaseException:
+        out.abort()
+        raise
+    return sum(tiles), seconds
+
+
+def _provenance(image: Image, command: str | None, channels: list[dict]) -> dict:
+    return {"fm2s_version": __version__, "command": command,
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": image.source, "source_format": image.kind,
+            "range_rule": "a plane outside the range a model was trained on is mapped into it "
+                          "(its p1 and p99 onto the training planes') for the network, and "
+                          "back",
+            "channels": channels}
+
+
+def _warnings(reports: list[ChannelReport]) -> list[str]:
+    return [f"channel {r.channel}: {r.mapped_planes} of {r.planes} plane(s) lie outside the "
+            f"range the model was trained on ({r.model_range[0]:g}..{r.model_range[1]:g}; "
+            f"the channel spans {r.data_range[0]:g}..{r.data_range[1]:g}): they were mapped "
+            "into it for the network and back (see README, Intensities)"
+            for r in reports if r.mapped_planes]
+
+
+def _finish(image: Image, output: Path, kind, dtype: np.dtype, stats: np.ndarray,
+            models: list[bytes], references: list[tuple], halo: int, records: list[dict],
+            tile: int, provider: str, run: Runner, progress: ProgressDisplay,
+            command: str | None, overwrite: bool) -> RunReport:
+    """Denoise and write; return the report of the run (shared by both jobs)."""
+    reports = []
+    c_axis = image.c_axis if len(models) > 1 else None
+    maps = plane_maps(stats, references, c_axis)
+    for c in range(image.channels):
+        ref = references[c if len(references) > 1 else 0]
+        st = _per_channel(image, stats, c).reshape(-1, stats.shape[-1])
+        mp = _per_channel(image, maps, c).reshape(-1, 2)
+        mapped = int(np.sum(np.any(mp != (1.0, 0.0), axis=-1)))
+        reports.append(ChannelReport(
+            channel=c, data_range=(float(st[:, 0].min()), float(st[:, 1].max())),
+            model_range=(float(ref[0]), float(ref[1])), planes=len(st), mapped_planes=mapped,
+            **records[c if len(records) > 1 else 0]))
+    provenance = _provenance(image, command, [r.record() for r in reports])
+    tiles, seconds = _denoise(image, models, maps, halo, output, kind, dtype, tile, provider,
+                              run, progress, provenance, overwrite)
+    fmt = kind.name if kind is not None else f"OME-Zarr NGFF {image.ngff.version}"
+    return RunReport(image.source, str(output), image.kind, fmt, image.axes,
+                     tuple(image.data.shape), str(image.data.dtype), str(dtype),
+                     1 if kind is not None else len(image.level_shapes), reports, tiles,
+                     seconds, run.describe(), provider, _warnings(reports))
+
+
+def train_and_apply(source: str | Path, output: str | Path | None = None, *,
+                    recipe: str = DEFAULT_RECIPE, microscope: str = DEFAULT_MICROSCOPE,
+                    device: str = "auto", seed: int = 0,
+                    train_planes: int = DEFAULT_TRAIN_PLANES, tile: int = DEFAULT_TILE,
+                    scheduler: str | None = None, workers: int | None = None,
+                    dtype: str | None = None, save_model: str | Path | None = None,
+                    overwrite: bool = False, axes: str | None = None, ngff: str | None = None,
+                    command: str | None = None, progress: ProgressDisplay | None = None,
+                    **overrides) -> RunReport:
+    """Train one model per channel on ``train_planes`` planes, then denoise every plane.
+
+    Any input (OME-Zarr, zarr, TIFF stack, 2D PNG/TIFF); the output is an OME-Zarr, or a
+    PNG/TIFF file for a 2D image (by the output's extension; default: the input's format
+    for a 2D file, else ``.fm2s.ome.zarr``). ``overrides`` change schedule fields of the
+    recipe (see :func:`fm2s.recipes.make_config`). Nothing is written when an input or
+    option is bad.
+    """
+    try:
+        from .model import train_model
+    except ImportError as exc:
+        raise FM2SError(f"training needs torch, which cannot be imported here ({exc}): "
+                        "install torch, or denoise with a saved model (apply)") from None
+
+    image = open_image(source, axes, ngff)
+    dtype_out = _out_dtype(image, dtype)
+    output, kind = _check_output(image, output, overwrite, dtype_out)
+    paths = model_paths(save_model, image.channels, overwrite)
+    _check_tile(tile)
+    training_planes(1, train_planes)
+    check_cluster_options(scheduler, workers)
+    config = config_for(recipe, microscope, seed, image.planes_per_channel, **overrides)
+    progress = progress or ProgressDisplay(quiet=True)
+    with runner(scheduler, workers) as run, progress:
+        stats = _channel_stats(image, run)
+        models, references, records, devices = [], [], [], set()
+        for c in range(image.channels):
+            planes = image.channel_planes(c)
+            index = training_planes(planes.shape[0], train_planes)
+            with dask.config.set(scheduler="threads"):
+                stack = np.asarray(planes[index].compute())
+            model = train_model(stack, config, device,
+                                progress.steps(f"training channel {c} ({len(index)} planes)"))
+            data = model.to_bytes()
+            if paths:
+                model.save(paths[c])
+            models.append(data)
+            references.append(model.reference)
+            devices.add(model.device)
+            records.append({
+                "model_sha256": hashlib.sha256(data).hexdigest(),
+                "model_file": str(paths[c]) if paths else None, "recipe": recipe,
+                "preset": config.microscope, "seed": seed,
+                "normalization": {"offset": model.normalization.offset,
+                                  "scale": model.normalization.scale},
+                "training_planes": index, "steps": config.total_steps,
+                "train_seconds": round(model.seconds, 3), "device": model.device})
+        provider = "cpu" if devices == {"cpu"} else "auto"
+        return _finish(image, output, kind, dtype_out, stats, models, references,
+                       model.halo, records, tile, provider, run, progress, command, overwrite)
+
+
+def apply(model: str | Path, source: str | Path, output: str | Path | None = None, *,
+          provider: str = "auto", tile: int = DEFAULT_TILE, scheduler: str | None = None,
+          workers: int | None = None, dtype: str | None = None, overwrite: bool = False,
+          axes: str | None = None, ngff: str | None = None, command: str | None = None,
+          progress: ProgressDisplay | None = None) -> RunReport:
+    """Denoise any input with saved models (one for all channels or one per channel).
+
+    Planes outside the range a model was trained on are mapped into it and back (see
+    :func:`fm2s.normalize.range_map`); the report's ``warnings`` say so.
+    """
+    image = open_image(source, axes, ngff)
+    dtype_out = _out_dtype(image, dtype)
+    output, kind = _check_output(image, output, overwrite, dtype_out)
+    _check_tile(tile)
+    check_cluster_options(scheduler, workers)
+    paths = resolve_models(model, image.channels)
+    runtimes = [OnnxDenoiser(p, provider="cpu") for p in paths]
+    records = [{"model_sha256": r.sha256, "model_file": str(p),
+                "recipe": r.metadata.get("recipe"), "preset": r.metadata.get("preset"),
+                "seed": int(r.metadata["seed"]) if r.metadata.get("seed", "").isdigit()
+                else None,
+                "normalization": {"offset": r.reference[0],
+                                  "scale": r.reference[1] - r.reference[0]}}
+               for p, r in zip(paths, runtimes)]
+    models = [p.read_bytes() for p in paths]
+    halo = max(r.halo for r in runtimes)
+    progress = progress or ProgressDisplay(quiet=True)
+    with runner(scheduler, workers) as run, progress:
+        stats = _channel_stats(image, run)
+        return _finish(image, output, kind, dtype_out, stats, models,
+                       [r.reference for r in runtimes], halo, records, tile, provider, run,
+                       progress, command, overwrite)
+
+
+def info(source: str | Path, axes: str | None = None) -> InfoReport:
+    """What ``source`` holds and what ``train-and-apply`` would do with it."""
+    image = open_image(source, axes)
+    return InfoReport(image, min(image.planes_per_channel, DEFAULT_TRAIN_PLANES),
+                      str(default_output(image)))

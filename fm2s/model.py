@@ -1,0 +1,142 @@
+"""A trained model: train on planes of one channel, export the whole inference to ONNX.
+
+This is the training side (torch); :mod:`fm2s.runtime` runs the exported model without it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ._version import __version__
+from .errors import FM2SError
+from .export import Denoiser, to_onnx
+from .network import FM2SNet
+from .normalize import Normalization, fit_normalization, stack_stats
+from .pixels import check_pixel_type, check_plane_shape
+from .recipes import TrainConfig
+from .training import resolve_device, train_network
+
+
+@dataclass
+class TrainedModel:
+    """A trained FM2S network with what it needs to run on raw pixel values.
+
+    Attributes
+    ----------
+    net
+        The trained network (CPU).
+    normalization
+        Raw values -> the recipe's [0, 1] scale.
+    config
+        The training config (recipe, preset, seed).
+    percentiles
+        p1 and p99 of the planes it was trained on (see :func:`fm2s.normalize.range_map`).
+    seconds
+        Wall time of the training.
+    device
+        Device it was trained on.
+    """
+
+    net: FM2SNet
+    normalization: Normalization
+    config: TrainConfig
+    percentiles: tuple[float, float]
+    seconds: float
+    device: str
+
+    @property
+    def halo(self) -> int:
+        """Receptive-field radius in pixels."""
+        return self.net.halo
+
+    def metadata(self) -> dict[str, str]:
+        """Properties written into the exported ONNX model."""
+        return {
+            "fm2s_version": __version__,
+            "recipe": self.config.recipe,
+            "preset": self.config.microscope,
+            "halo": str(self.halo),
+            "normalization": json.dumps({"offset": self.normalization.offset,
+                                         "scale": self.normalization.scale,
+                                         "formula": self.normalization.describe()}),
+            "percentiles": json.dumps({"p1": self.percentiles[0], "p99": self.percentiles[1]}),
+            "flips": str(self.config.flips).lower(),
+            "seed": str(self.config.seed),
+            "config": json.dumps(asdict(self.config)),
+            "input": "float32 N x 1 x H x W, raw pixel values",
+            "output": "float32 N x 1 x H x W, denoised, raw pixel units",
+        }
+
+    @property
+    def reference(self) -> tuple[float, float, float, float]:
+        """The range planes are brought into (:func:`fm2s.normalize.range_map`)."""
+        lo = self.normalization.offset
+        return (lo, lo + self.normalization.scale, *self.percentiles)
+
+    def to_onnx(self) -> onnx.ModelProto:
+        """The whole inference as one ONNX model (dynamic N, H, W)."""
+        denoiser = Denoiser(self.net, self.normalization, flips=self.config.flips)
+        return to_onnx(denoiser, self.metadata())
+
+    def to_bytes(self) -> bytes:
+        """The serialized ONNX model."""
+        return self.to_onnx().SerializeToString()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the ONNX model to ``path`` (atomically) and return the path."""
+        path = Path(path)
+        if path.suffix.lower() != ".onnx":
+            raise FM2SError(f"model path '{path}' should end in .onnx")
+        if not path.parent.is_dir():
+            raise FM2SError(f"folder '{path.parent}' of the model path does not exist: create it")
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            tmp.write_bytes(self.to_bytes())
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+
+def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
+                progress: Callable[[int, int], None] | None = None) -> TrainedModel:
+    """Train FM2S on a 2D image or a (K, H, W) stack of planes of one channel.
+
+    Parameters
+    ----------
+    planes
+        Raw pixel values (integers or floats). One normalization is fitted to all
+        planes; the cost of a run does not depend on K.
+    config
+        Recipe, preset and seed (:func:`fm2s.recipes.make_config`).
+    device
+        ``auto``, ``cpu`` or ``cuda``.
+    progress
+        Optional ``progress(step, total)`` callback.
+
+    Returns
+    -------
+    TrainedModel
+    """
+    planes = np.asarray(planes)
+    if planes.ndim not in (2, 3) or planes.size == 0:
+        raise FM2SError(f"expected a 2D image or a (K, H, W) stack of planes, got shape "
+                        f"{planes.shape}")
+    check_plane_shape(planes.shape, "the image")
+    check_pixel_type(planes.dtype, "the image")
+    stats = stack_stats(planes)
+    if not np.all(np.isfinite(stats)):
+        raise FM2SError("the image holds NaN or infinite pixels: replace them before denoising")
+    torch_device = resolve_device(device)
+    normalization = fit_normalization(planes, config.normalization)
+    start = time.perf_counter()
+    net = train_network(normalization.forward(planes), config, torch_device, progress)
+    return TrainedModel(net, normalization, config, (float(stats[2]), float(stats[3])),
+                        time.perf_counter() - start, str(torch_device))

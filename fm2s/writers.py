@@ -1,0 +1,225 @@
+"""Writing results: OME-Zarr images (with the input's metadata and a pyramid regenerated
+from the denoised data) and single-plane PNG/TIFF files, always into a hidden path beside
+the output that is renamed when complete, after checking that every chunk was written."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import uuid
+from functools import partial
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from .errors import FM2SError
+from .formats import PNG, TIFF, NgffFormat, PlaneFile, is_zarr_name, plane_file_of
+from .pixels import cast_like
+from .readers import Image, is_url
+from .recipes import WRITE_CHUNK
+
+#: side of the tiles of a TIFF output
+TIFF_TILE = 512
+
+
+def default_output(image: Image) -> Path:
+    """Output path next to the input, ``.fm2s`` before the extension.
+
+    ``cells.ome.zarr`` -> ``cells.fm2s.ome.zarr``; a 2D PNG or TIFF keeps its format
+    (``cells.png`` -> ``cells.fm2s.png``); a TIFF stack gives ``<stem>.fm2s.ome.zarr``;
+    a URL gives its name in the current folder.
+    """
+    source = image.source.rstrip("/")
+    name = Path(source).name
+    path = (Path(name) if is_url(source) else Path(source)).absolute()
+    lower = name.lower()
+    for ext in (".ome.zarr", ".zarr"):
+        if lower.endswith(ext):
+            return path.with_name(name[: -len(ext)] + ".fm2s" + ext)
+    if image.plane_file is not None:
+        return path.with_name(f"{path.stem}.fm2s{path.suffix}")
+    for ext in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if lower.endswith(ext):
+            return path.with_name(name[: -len(ext)] + ".fm2s.ome.zarr")
+    return path.with_name(name + ".fm2s.ome.zarr")
+
+
+def check_new_path(path: Path, overwrite: bool, what: str, folder: bool = False) -> Path:
+    """Refuse a path that exists (without ``overwrite``) or whose folder does not exist.
+
+    ``folder``: the path names a folder to create (an OME-Zarr image), not a file.
+    Returns the path made absolute.
+    """
+    path = Path(path).absolute()
+    if path.is_dir() and not folder:
+        raise FM2SError(f"{what} '{path}' is a folder: give a file name")
+    if path.exists() and not overwrite:
+        raise FM2SError(f"{what} '{path}' exists: remove it, choose another path "
+                        "or pass --overwrite")
+    if not path.parent.is_dir():
+        raise FM2SError(f"folder '{path.parent}' of the {what} does not exist: create it first")
+    return path
+
+
+def output_kind(path: Path, image: Image, dtype: np.dtype) -> PlaneFile | None:
+    """The format an output path asks for: None for OME-Zarr, else PNG or TIFF.
+
+    A PNG or TIFF output holds one 2D plane of a type that format can hold.
+    """
+    name = path.name
+    if is_zarr_name(name):
+        return None
+    fmt = plane_file_of(name)
+    if fmt is None:
+        raise FM2SError(f"output '{path}' has an unknown extension: end it in .ome.zarr "
+                        "(or .png / .tif for a 2D image)")
+    if image.axes != "yx":
+        raise FM2SError(f"output '{path}' is a {fmt.name} file, which holds one 2D plane, but "
+                        f"the input has axes {image.axes}: give an .ome.zarr output")
+    if fmt.dtypes and np.dtype(dtype).name not in fmt.dtypes:
+        raise FM2SError(f"{fmt.name} cannot hold {np.dtype(dtype)} pixels: write a .tif or "
+                        ".ome.zarr output instead")
+    return fmt
+
+
+def write_chunks(shape: tuple[int, ...], side: int = WRITE_CHUNK) -> tuple[int, ...]:
+    """Output chunks: one plane in every non-YX axis, up to ``side`` pixels in Y and X."""
+    return (1,) * (len(shape) - 2) + tuple(min(n, side) for n in shape[-2:])
+
+
+def downsample(level: da.Array, shape: tuple[int, ...], dtype: np.dtype) -> da.Array:
+    """Block means of ``level`` down to ``shape`` (integer factor per axis; edges padded).
+
+    The factors are the ratios of the shapes, rounded, so both floor- and ceil-sized
+    pyramids are reproduced exactly in shape.
+    """
+    factors = [max(1, round(a / b)) for a, b in zip(level.shape, shape)]
+    x = level
+    for ax, (n, f) in enumerate(zip(shape, factors)):
+        need = n * f
+        if x.shape[ax] > need:
+            x = x[(slice(None),) * ax + (slice(0, need),)]
+        elif x.shape[ax] < need:
+            pad = [(0, 0)] * x.ndim
+            pad[ax] = (0, need - x.shape[ax])
+            x = da.pad(x, pad, mode="edge")
+    out_chunks = write_chunks(shape)
+    x = x.rechunk(tuple(f * c for f, c in zip(factors, out_chunks)))
+    mean = da.coarsen(np.mean, x.astype(np.float64), dict(enumerate(factors)))
+    return mean.map_blocks(partial(cast_like, dtype=np.dtype(dtype)), dtype=dtype)
+
+
+class OutputImage:
+    """An image being written: a hidden folder beside the target until :meth:`commit`.
+
+    Level 0 and the pyramid are written as zarr arrays (``arrays``) in the output's NGFF
+    version; :meth:`commit` checks that every chunk of every level is there, writes the
+    metadata and renames the folder to the output path. A PNG or TIFF output is written
+    from the finished level 0 into a hidden file, then renamed.
+    A failed or interrupted run leaves nothing at the output path (call :meth:`abort`).
+    """
+
+    def __init__(self, path: Path, image: Image, dtype: np.dtype,
+                 plane_file: PlaneFile | None = None) -> None:
+        self.path = Path(path).absolute()
+        self.image = image
+        self.plane_file = plane_file
+        self.fmt: NgffFormat = image.ngff
+        token = uuid.uuid4().hex[:8]
+        self.tmp = self.path.with_name(f".{self.path.name}.part-{token}")
+        zarr_path = self.tmp if plane_file is None else self.path.with_name(
+            f".{self.path.name}.zarr-{token}")
+        self.zarr_path = zarr_path
+        self.group = zarr.open_group(zarr_path, mode="w-", zarr_format=self.fmt.zarr_format)
+        self.arrays = []
+        levels = image.level_shapes if plane_file is None else image.level_shapes[:1]
+        for dataset, shape in zip(image.multiscale["datasets"], levels):
+            self.arrays.append(self.group.create_array(
+                dataset["path"], shape=shape, chunks=write_chunks(shape), dtype=dtype,
+                compressors=self.fmt.compressor(), fill_value=0,
+                config={"write_empty_chunks": True}, **self.fmt.array_options(image.axes)))
+
+    def missing_chunks(self) -> list[str]:
+        """Levels with chunks that were not written (``'level 0: 3 of 12 chunks missing'``)."""
+        missing = []
+        for dataset, array in zip(self.image.multiscale["datasets"], self.arrays):
+            done = array.nchunks_initialized
+            if done != array.nchunks:
+                missing.append(f"level {dataset['path']}: {array.nchunks - done} of "
+                               f"{array.nchunks} chunks missing")
+        return missing
+
+    def attributes(self, provenance: dict) -> dict:
+        """Group attributes: the input's NGFF metadata in the output's version, plus provenance."""
+        ms = copy.deepcopy(self.image.multiscale)
+        ms["type"] = "mean"
+        ms["metadata"] = {"description": "levels after the first: block means of the denoised "
+                                         "level above, computed by fm2s-tile"}
+        attrs = self.fmt.group_attrs(ms, copy.deepcopy(self.image.omero))
+        return {**copy.deepcopy(self.image.extra), **attrs, "fm2s": provenance}
+
+    def commit(self, provenance: dict, overwrite: bool = False) -> None:
+        """Check every chunk was written, write the metadata, move the image to its path."""
+        missing = self.missing_chunks()
+        if missing:
+            raise FM2SError(f"the output was not published: {'; '.join(missing)} (a worker "
+                            f"could not write to '{self.zarr_path.parent}'? every worker must "
+                            "see the output folder at the same path)")
+        if self.plane_file is None:
+            self.group.attrs.update(self.attributes(provenance))
+        else:
+            self._write_plane_file(provenance)
+        old = None
+        if self.path.exists():
+            if not overwrite:
+                raise FM2SError(f"output '{self.path}' appeared while writing: it was left as "
+                                "it is; pass --overwrite to replace it")
+            old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(self.path, old)
+        os.replace(self.tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+        if self.plane_file is not None:
+            shutil.rmtree(self.zarr_path, ignore_errors=True)
+
+    def _write_plane_file(self, provenance: dict) -> None:
+        level0 = self.arrays[0]
+        text = json.dumps({"fm2s": provenance})
+        if self.plane_file is PNG:
+            from PIL import Image as PILImage
+            from PIL.PngImagePlugin import PngInfo
+
+            info = PngInfo()
+            info.add_text("fm2s", text)
+            PILImage.fromarray(level0[:]).save(self.tmp, format="PNG", pnginfo=info)
+            return
+        assert self.plane_file is TIFF
+        import tifffile
+
+        h, w = level0.shape
+        t = TIFF_TILE
+
+        def tiles():  # row-major tiles, read from the zarr one band of rows at a time
+            for y in range(0, h, t):
+                band = level0[y:y + t, :]
+                for x in range(0, w, t):
+                    tile = np.zeros((t, t), level0.dtype)
+                    part = band[:, x:x + t]
+                    tile[:part.shape[0], :part.shape[1]] = part
+                    yield tile
+
+        tifffile.imwrite(self.tmp, tiles(), shape=(h, w), dtype=level0.dtype, tile=(t, t),
+                         photometric="minisblack", description=text, metadata=None,
+                         bigtiff=h * w * level0.dtype.itemsize > 2**31)
+
+    def abort(self) -> None:
+        """Remove the partial output."""
+        for path in {self.tmp, self.zarr_path}:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
