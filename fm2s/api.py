@@ -91,9 +91,9 @@ def apply(model: TrainedModel | OnnxDenoiser | str | Path | bytes, image: np.nda
     image = np.asarray(image)
     if image.ndim not in (2, 3):
         raise FM2SError(f"expected a 2D image or an (N, H, W) stack, got shape {image.shape}")
-    if hasattr(model, "to_bytes"):  # a TrainedModel (no torch import needed to tell)
-        provider = provider or ("cpu" if model.device == "cpu" else "auto")
-        model = OnnxDenoiser(model.to_bytes(), provider=provider)
+    if hasattr(model, "runtime"):  # a TrainedModel (no torch import needed to tell)
+        model = model.runtime(provider)
+        provider = provider or ("cpu" if model.provider.startswith("CPU") else "auto")
     elif not isinstance(model, OnnxDenoiser):
         model = OnnxDenoiser(model, provider=provider or "auto")
     provider = provider or "auto"

@@ -21,6 +21,7 @@ from .network import FM2SNet
 from .normalize import Normalization, fit_normalization, stack_stats
 from .pixels import check_pixel_type, check_plane_shape
 from .recipes import TrainConfig
+from .runtime import OnnxDenoiser
 from .training import resolve_device, train_network
 
 
@@ -88,6 +89,12 @@ class TrainedModel:
     def to_bytes(self) -> bytes:
         """The serialized ONNX model."""
         return self.to_onnx().SerializeToString()
+
+    def runtime(self, provider: str | None = None) -> OnnxDenoiser:
+        """An onnxruntime session of this model (default: the CPU for a model trained on
+        the CPU, else ``auto``)."""
+        provider = provider or ("cpu" if self.device == "cpu" else "auto")
+        return OnnxDenoiser(self.to_bytes(), provider=provider)
 
     def save(self, path: str | Path) -> Path:
         """Write the ONNX model to ``path`` (atomically) and return the path."""

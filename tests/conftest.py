@@ -10,6 +10,25 @@ from fm2s.sample import synthetic_image
 FMD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fmd"
 
 
+def _cuda() -> bool:
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests skip on machines without CUDA."""
+    if _cuda():
+        return
+    skip = pytest.mark.skip(reason="no CUDA provider in this onnxruntime (gpu test)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

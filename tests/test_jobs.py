@@ -259,3 +259,86 @@ def test_progress_weights_cover_every_voxel_once(quick_model, stack_uint16):
     # (75 x 101 and 75 x 42), run as 2 x 2 and 2 x 1 tiles of 64 pixels
     assert lazy.chunks[-2:] == ((75,), (96, 37))
     assert tiles == [4, 2] * 12
+
+
+def test_same_plane_same_output_in_any_container(tmp_path, noisy_and_truth):
+    """An 8-bit plane as a PNG and as a one-plane OME-Zarr trains and denoises the same."""
+    plane = np.clip(noisy_and_truth[0].astype(np.int64) - 80, 0, 255).astype(np.uint8)
+    png = write_image(tmp_path / "cells.png", plane)
+    zarr_in = write_ngff(tmp_path / "cells.ome.zarr", plane, "yx", "0.5", levels=1)
+    a = train_and_apply(png, device="cpu", seed=4)
+    b = train_and_apply(zarr_in, device="cpu", seed=4)
+    assert a.channels[0].steps == b.channels[0].steps == 725  # both a single plane
+    assert a.output.endswith("cells.fm2s.png") and b.output.endswith("cells.fm2s.ome.zarr")
+    from conftest import read_image
+
+    out_png = read_image(tmp_path / "cells.fm2s.png")
+    out_zarr = zarr.open_array(tmp_path / "cells.fm2s.ome.zarr" / "s0")[:]
+    assert out_png.dtype == out_zarr.dtype == np.uint8
+    assert np.array_equal(out_png, out_zarr)
+    assert not np.array_equal(out_png, plane)
+
+
+def test_a_bright_plane_is_not_clipped_at_the_training_planes(tmp_path):
+    """Plane 4 of 9, three times brighter than the two training planes (0 and 8): its
+    output keeps its brightness, and it is denoised about as well as its neighbours."""
+    from fm2s.sample import psnr, synthetic_stack
+
+    noisy, truth = synthetic_stack((1, 1, 9, 64, 80), np.random.default_rng(11))
+    noisy, truth = noisy[0, 0].astype(np.float64), truth[0, 0].astype(np.float64)
+    noisy[4] *= 3
+    truth[4] *= 3
+    noisy = noisy.astype(np.uint16)
+    src = write_ngff(tmp_path / "z.ome.zarr", noisy, "zyx", "0.5", levels=1)
+    report = train_and_apply(src, device="cpu", train_planes=2, samples=40)
+    assert report.channels[0].training_planes == [0, 8]
+    assert report.channels[0].mapped_planes == 1 and "1 of 9 plane(s)" in report.warnings[0]
+    out = zarr.open_array(tmp_path / "z.fm2s.ome.zarr" / "s0")[:]
+    assert out[4].max() > 2 * noisy[[0, 8]].max()
+    gains = [psnr(out[i], truth[i]) - psnr(noisy[i], truth[i]) for i in range(9)]
+    assert gains[4] > 0.5 * np.mean(gains[3:6:2]) > 0, gains
+    prov = _attrs(tmp_path / "z.fm2s.ome.zarr")[1]["fm2s"]
+    assert prov["channels"][0]["data_range"] == [float(noisy.min()), float(noisy.max())]
+    assert "range_rule" in prov
+
+
+def test_apply_to_data_of_another_range_is_not_flattened(tmp_path, quick_model, stack_uint16):
+    """int16 data 3000 below the model's range comes out denoised as the same data in range
+    would (shifted back), not flattened at the model's clamp."""
+    data = stack_uint16[0, 0].astype(np.int16)
+    low = data - np.int16(3000)
+    src = write_ngff(tmp_path / "low.ome.zarr", low, "zyx", "0.5", levels=1)
+    ref = write_ngff(tmp_path / "ref.ome.zarr", data, "zyx", "0.5", levels=1)
+    res = _invoke("apply", quick_model, src, "-q")
+    assert res.exit_code == 0, res.output
+    assert "warning: channel 0: 3 of 3 plane(s) lie outside" in res.output
+    assert _invoke("apply", quick_model, ref, "-q").exit_code == 0
+    out = zarr.open_array(tmp_path / "low.fm2s.ome.zarr" / "s0")[:]
+    expect = zarr.open_array(tmp_path / "ref.fm2s.ome.zarr" / "s0")[:]
+    assert out.dtype == np.int16
+    diff = np.abs(out.astype(int) + 3000 - expect)  # in range: as is; low: mapped and back
+    assert diff.mean() < 0.5 and diff.max() <= 3
+    assert np.std(np.diff(out.astype(float), axis=-1)) < \
+        0.5 * np.std(np.diff(low.astype(float), axis=-1))
+
+
+def test_progress_shows_tiles_and_rate(tmp_path, quick_model, stack_uint16):
+    from io import StringIO
+
+    from rich.console import Console
+
+    from fm2s.jobs import apply
+    from fm2s.progress import ProgressDisplay
+
+    src = write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5", levels=2)
+    screen = StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    apply(quick_model, src, provider="cpu", tile=32, progress=ProgressDisplay(console))
+    text = screen.getvalue()
+    tiles = 12 * -(-75 // 32) * -(-133 // 32)  # 12 planes of 75 x 133 in tiles of 32
+    assert "denoising" in text and f"/{tiles} tiles" in text and "Mvoxel/s" in text
+    assert "pyramid level 1" in text and "chunks" in text
+    quiet = StringIO()
+    apply(quick_model, src, tmp_path / "q.ome.zarr", provider="cpu",
+          progress=ProgressDisplay(Console(file=quiet, force_terminal=True), quiet=True))
+    assert quiet.getvalue() == ""

@@ -61,7 +61,7 @@ def test_device_choice():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="--device cpu"):
+        with pytest.raises(ValueError, match="device=.cuda.: torch sees no CUDA GPU"):
             resolve_device("cuda")
     with pytest.raises(ValueError):
         resolve_device("tpu")
