@@ -236,9 +236,10 @@ def _provenance(image: Image, command: str | None, channels: list[dict]) -> dict
     return {"fm2s_version": __version__, "command": command,
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "source": image.source, "source_format": image.kind,
-            "range_rule": "a plane outside the range a model was trained on is mapped into it "
-                          "(its p1 and p99 onto the training planes') for the network, and "
-                          "back",
+            "range_rule": "a plane whose p1 lies within the range its model was trained on "
+                          "goes in as it is; any other is mapped into the range (its p1 and "
+                          "p99 onto the training planes') and back; the output clamp covers "
+                          "each plane's own range",
             "channels": channels}
 
 
@@ -261,8 +262,8 @@ def _finish(image: Image, output: Path, kind, dtype: np.dtype, stats: np.ndarray
     for c in range(image.channels):
         ref = references[c if len(references) > 1 else 0]
         st = _per_channel(image, stats, c).reshape(-1, stats.shape[-1])
-        mp = _per_channel(image, maps, c).reshape(-1, 2)
-        mapped = int(np.sum(np.any(mp != (1.0, 0.0), axis=-1)))
+        mp = _per_channel(image, maps, c).reshape(-1, 4)
+        mapped = int(np.sum(np.any(mp[:, :2] != (1.0, 0.0), axis=-1)))
         reports.append(ChannelReport(
             channel=c, data_range=(float(st[:, 0].min()), float(st[:, 1].max())),
             model_range=(float(ref[0]), float(ref[1])), planes=len(st), mapped_planes=mapped,

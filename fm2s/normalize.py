@@ -12,12 +12,12 @@ The min-max map is affine, so an offset or gain on the raw data changes nothing 
 the denoised result (in the data's own units); with ``minmax`` an 8-bit image and
 its 16-bit versions even train identically.
 
-Planes meet a model through :func:`range_map`: a plane within the range the model was
-trained on goes in as it is; a plane outside it (brighter or dimmer than every training
-plane, or data of another range) is mapped affinely into it, its 1st and 99th
-percentiles onto the training planes', and mapped back after the network, so that its
-structures are not clipped at the training range and no plane comes out flattened
-(see benchmarks/bright_plane.py for the measurements behind this rule).
+Planes meet a model through :func:`range_map`: a plane whose background lies within the
+range the model was trained on goes in as it is, with the model's output clamp widened to
+the plane's own range; a plane scaled as a whole, or data of another range, is mapped
+affinely into the model's range (its 1st and 99th percentiles onto the training planes')
+and back after the network. No voxel is clipped at the training range and no plane comes
+out flattened (see benchmarks/bright_plane.py for the measurements behind this rule).
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-#: percentiles of a plane: p1 and p99, which :func:`range_map` matches, and p0.01 and
-#: p99.99, which decide whether a plane lies within a model's range (a few hot pixels do
-#: not count); and the most pixels a plane's percentiles are taken from (a regular
-#: subsample: the same pixels however the plane is chunked)
-PERCENTILES = (1.0, 99.0, 0.01, 99.99)
+#: percentiles of a plane that :func:`range_map` looks at, and the most pixels they are
+#: taken from (a regular subsample: the same pixels however the plane is chunked)
+PERCENTILES = (1.0, 99.0)
 STATS_PIXELS = 1 << 20
 
 
@@ -102,7 +100,7 @@ def percentiles(sample: np.ndarray) -> np.ndarray:
 
 
 def stack_stats(planes: np.ndarray) -> np.ndarray:
-    """``[min, max, p1, p99, p0.01, p99.99]`` of a (..., H, W) array of planes, pooled.
+    """``[min, max, p1, p99]`` of a (..., H, W) array of planes, pooled (float64).
 
     The percentiles come from each plane's regular subsample (:func:`subsample_step`).
     """
@@ -112,32 +110,34 @@ def stack_stats(planes: np.ndarray) -> np.ndarray:
                            percentiles(planes[..., ::s, ::s])])
 
 
-def range_map(plane: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
-    """The affine map ``x -> a * x + b`` that brings a plane into a model's range.
+def range_map(plane: np.ndarray, reference: np.ndarray) -> tuple[float, float, float, float]:
+    """How a plane meets a model: ``x -> a * x + b`` into the network, and the clamp.
 
     Parameters
     ----------
     plane
         :func:`stack_stats` of the plane.
     reference
-        The model's range ``[low, high]`` (its normalization's, which its output clamp
-        covers) and the p1 and p99 of the planes it was trained on.
+        The model's range ``[low, high]`` (its normalization's: the default clamp) and
+        the p1 and p99 of the planes it was trained on.
 
     Returns
     -------
-    (a, b)
-        ``(1.0, 0.0)`` when the plane's p0.01..p99.99 lies within the model's range: it
-        is denoised as it is (a few outliers beyond, such as hot pixels, are limited by
-        the model's clamp, as in the whole-image method). Otherwise (the bulk of a plane
-        brighter or dimmer than the training planes, or data of another range) the map
-        that puts the plane's p1 and p99 on the training planes' p1 and p99 (a constant
-        plane: the smallest shift into the range).
+    (a, b, low, high)
+        ``a = 1, b = 0`` when the plane's background (its p1) lies within the model's
+        range: it is denoised as it is, however bright its structures. Otherwise (data of
+        another range, a plane scaled as a whole) the map that puts the plane's p1 and p99
+        on the training planes' p1 and p99 (a constant plane: the smallest shift into the
+        range). ``[low, high]``: the output clamp in the mapped units, the model's range
+        widened to the (mapped) plane's [min, max], so that no voxel is clipped.
     """
-    lo, hi, qlo, qhi, tlo, thi = (float(v) for v in plane)
+    lo, hi, qlo, qhi = (float(v) for v in plane)
     rlo, rhi, rqlo, rqhi = (float(v) for v in reference)
-    if tlo >= rlo and thi <= rhi:
-        return 1.0, 0.0
-    if qhi > qlo and rqhi > rqlo:
+    if rlo <= qlo <= rhi:
+        a, b = 1.0, 0.0
+    elif qhi > qlo and rqhi > rqlo:
         a = (rqhi - rqlo) / (qhi - qlo)
-        return a, rqlo - a * qlo
-    return 1.0, min(max(0.0, rlo - lo), rhi - hi)
+        b = rqlo - a * qlo
+    else:
+        a, b = 1.0, min(max(0.0, rlo - lo), rhi - hi)
+    return a, b, min(rlo, a * lo + b), max(rhi, a * hi + b)

@@ -105,6 +105,7 @@ class OnnxDenoiser:
             raise FM2SError(f"{name} has fm2s metadata but it is incomplete or odd ({exc}): "
                             "save the model again with fm2s-tile --save-model") from None
         self.halo = halo
+        self.clamp_input = meta.get("clamp_input")
 
     @property
     def provider(self) -> str:
@@ -116,18 +117,23 @@ class OnnxDenoiser:
         """The training config recorded in the model."""
         return json.loads(self.metadata.get("config", "{}"))
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray,
+                 clamp: tuple[float, float] | None = None) -> np.ndarray:
         """Denoise a 2D image or an (N, H, W) stack in one call; float32 of the same shape.
 
-        The whole array goes to onnxruntime at once: for large images use
-        :func:`fm2s.tiling.denoise_array`, which also maps planes outside the model's
-        range into it.
+        ``clamp``: the [low, high] range (raw units) the output is clamped to (default:
+        the range the model was trained on). The whole array goes to onnxruntime at once:
+        for large images use :func:`fm2s.tiling.denoise_array`, which also brings planes
+        outside the model's range into it.
         """
         image = np.asarray(image)
         if image.ndim not in (2, 3):
             raise FM2SError(f"the model takes 2D planes or (N, H, W) stacks, not {image.shape}")
         batch = image.reshape((-1, 1) + image.shape[-2:]).astype(np.float32, copy=False)
-        out = self.session.run(None, {self.input_name: batch})[0]
+        feed = {self.input_name: batch}
+        if clamp is not None and self.clamp_input:
+            feed[self.clamp_input] = np.asarray(clamp, np.float32)
+        out = self.session.run(None, feed)[0]
         if out.shape != batch.shape:
             raise FM2SError(f"the model returned shape {out.shape} for input {batch.shape}: "
                             "pass a model saved by fm2s-tile --save-model")

@@ -6,8 +6,8 @@ in tiles of ``tile`` pixels that get the same halo. A pixel's result then depend
 on pixels the whole-plane inference would also use, in the same arithmetic, so the
 tiled result equals the whole-plane result exactly, whatever the tile and chunk sizes.
 
-Planes outside a model's range are mapped into it plane by plane
-(:func:`fm2s.normalize.range_map`), from statistics of the whole plane
+How each plane meets its model (an affine map into the model's range, and the output
+clamp: :func:`fm2s.normalize.range_map`) is decided from statistics of the whole plane
 (:func:`plane_stats`), so this too is the same for every tiling.
 
 numpy, dask and onnxruntime only: no torch on this side.
@@ -91,12 +91,12 @@ def plane_stats(data: da.Array) -> da.Array:
 
 def plane_maps(stats: np.ndarray, references: Sequence[Sequence[float]],
                c_axis: int | None = None) -> np.ndarray:
-    """The :func:`~fm2s.normalize.range_map` of every plane: ``stats.shape[:-1] + (2,)``.
+    """The :func:`~fm2s.normalize.range_map` of every plane: ``stats.shape[:-1] + (4,)``.
 
     ``references`` holds one model reference for all planes, or one per index along
     ``c_axis``.
     """
-    maps = np.empty(stats.shape[:-1] + (2,), np.float64)
+    maps = np.empty(stats.shape[:-1] + (4,), np.float64)
     for index in np.ndindex(stats.shape[:-1]):
         ref = references[index[c_axis] if len(references) > 1 else 0]
         maps[index] = range_map(stats[index], ref)
@@ -109,12 +109,19 @@ def _denoise_block(block: np.ndarray, models: tuple[bytes, ...], provider: str, 
     where = block_info[None]["chunk-location"]
     channel = where[c_axis] if c_axis is not None else 0
     model = shared_denoiser(models[channel if len(models) > 1 else 0], provider)
-    a, b = maps[tuple(where[:-2])] if maps is not None else (1.0, 0.0)
-    if a == 1.0 and b == 0.0:
+    if maps is None:
         return cast_like(tiled(block, model, tile, halo), out_dtype)
+    a, b, lo, hi = maps[tuple(where[:-2])]
+    clamp = (lo, hi)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return model(x, clamp)
+
+    if a == 1.0 and b == 0.0:
+        return cast_like(tiled(block, run, tile, halo), out_dtype)
     a, b = np.float32(a), np.float32(b)
     mapped = block.astype(np.float32) * a + b
-    return cast_like((tiled(mapped, model, tile, halo) - b) / a, out_dtype)
+    return cast_like((tiled(mapped, run, tile, halo) - b) / a, out_dtype)
 
 
 def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int = DEFAULT_TILE,
@@ -142,9 +149,10 @@ def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int 
     chunk
         Output chunk side: blocks are made of whole output chunks.
     maps
-        ``(a, b)`` per plane, shape ``data.shape[:-2] + (2,)`` (:func:`plane_maps`):
-        the plane goes into the model as ``a * x + b`` and its result comes back as
-        ``(y - b) / a``. None: every plane as it is.
+        ``(a, b, low, high)`` per plane, shape ``data.shape[:-2] + (4,)``
+        (:func:`plane_maps`): the plane goes into the model as ``a * x + b``, its output
+        is clamped to [low, high] and comes back as ``(y - b) / a``. None: every plane
+        as it is, with the model's own clamp.
 
     Returns
     -------
@@ -155,7 +163,7 @@ def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int 
         raise ValueError("tile must be positive and halo non-negative")
     if len(models) > 1 and (c_axis is None or data.shape[c_axis] != len(models)):
         raise ValueError("one model per channel needs c_axis and as many models as channels")
-    if maps is not None and maps.shape != data.shape[:-2] + (2,):
+    if maps is not None and maps.shape != data.shape[:-2] + (4,):
         raise ValueError(f"maps of shape {maps.shape} do not fit data of shape {data.shape}")
     dtype = np.dtype(dtype or data.dtype)
     data = data.rechunk(block_chunks(data.shape, tile, halo, chunk))

@@ -27,12 +27,21 @@ def test_onnxruntime_reproduces_torch_with_dynamic_shapes(flips):
         np.testing.assert_allclose(got, want, atol=4100 * 1e-5)
 
 
-def test_output_is_clamped_to_the_normalized_range():
+def test_output_is_clamped_to_the_normalized_range_or_the_given_one():
     den = Denoiser(FM2SNet(1, 3, 3, 3), Normalization(10.0, 90.0)).eval()
     with torch.no_grad():
         den.net.conv3.bias.fill_(5.0)
-        y = den(torch.rand(1, 1, 12, 12) * 100)
+        x = torch.rand(1, 1, 12, 12) * 100
+        y = den(x)
+        wide = den(x, torch.tensor([0.0, 300.0]))
     assert torch.allclose(y, torch.full_like(y, 100.0))
+    assert torch.allclose(wide, torch.full_like(wide, 300.0))
+    model = to_onnx(den, {"fm2s_version": "x", "halo": "3"})
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    raw = x.numpy()
+    assert np.allclose(sess.run(None, {"raw": raw})[0], 100.0)  # the clamp input is optional
+    got = sess.run(None, {"raw": raw, "clamp": np.array([0.0, 300.0], np.float32)})[0]
+    assert np.allclose(got, 300.0)
 
 
 def test_saved_model_has_metadata_and_passes_the_checker(tmp_path, noisy_and_truth):

@@ -23,10 +23,9 @@ ROOT = PACKAGE.parent
 
 INFERENCE = ["fm2s.runtime", "fm2s.tiling", "fm2s.readers", "fm2s.writers", "fm2s.formats",
              "fm2s.pixels", "fm2s.normalize", "fm2s.cluster", "fm2s.jobs", "fm2s.api"]
-#: the training side by name (``fm2s.training`` is the training loop's newer name); any other
-#: module that imports torch at module level counts as training side too
-TORCH_SIDE = ["fm2s.network", "fm2s.noise", "fm2s.train", "fm2s.training", "fm2s.export",
-              "fm2s.model"]
+#: the training side by name; any other module that imports torch at module level counts as
+#: training side too
+TORCH_SIDE = ["fm2s.network", "fm2s.noise", "fm2s.training", "fm2s.export", "fm2s.model"]
 
 #: function-level imports of the training side that the inference modules may make:
 #: (module, function) -> what it imports

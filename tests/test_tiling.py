@@ -74,21 +74,27 @@ def test_one_model_per_channel(runtime, quick_model, tmp_path, stack_uint16):
 @pytest.mark.parametrize("in_chunks", [(1, 40, 50), (3, 17, 19)])
 def test_planes_outside_the_range_are_mapped_the_same_for_any_tiling(runtime, stack_uint16,
                                                                        in_chunks):
-    """A plane three times brighter than the model's range goes through the same affine
-    map in every tile, so the tiled result still equals the whole plane's."""
+    """A plane scaled three times (background included) is mapped into the model's range,
+    one with brighter structures only keeps its scale with a widened clamp; both the same
+    in every tile, so the tiled result still equals the whole plane's."""
     data = stack_uint16[0, 0].astype(np.float32)
     data[1] *= 3
+    data[2] = np.where(data[2] > np.percentile(data[2], 99.5), data[2] * 4, data[2])
     lazy = da.from_array(data, chunks=in_chunks)
     stats = plane_stats(lazy).compute()
     assert np.allclose(stats[:, :2], np.stack([data.min((1, 2)), data.max((1, 2))], 1))
     maps = plane_maps(stats, [runtime.reference])
-    assert tuple(maps[0]) == (1.0, 0.0) and maps[1, 0] < 1  # only the bright plane moves
+    assert maps[1, 0] < 1 and tuple(maps[2, :2]) == (1.0, 0.0)  # scaled vs brighter spots
+    assert maps[2, 3] == data[2].max() > runtime.reference[1]  # clamp widened to the plane
     got = denoise_array(lazy, [runtime.data], runtime.halo, tile=16, chunk=24,
                         dtype=np.float32, maps=maps).compute(scheduler="threads")
-    for i, (a, b) in enumerate(maps.astype(np.float32)):
-        expect = (runtime(data[i] * a + b) - b) / a if a != 1 else runtime(data[i])
-        assert np.array_equal(got[i], expect)
+    for i, (a, b, lo, hi) in enumerate(maps):
+        a, b = np.float32(a), np.float32(b)
+        x = data[i] * a + b if (a, b) != (1, 0) else data[i]
+        y = runtime(x, (lo, hi))
+        assert np.array_equal(got[i], (y - b) / a if (a, b) != (1, 0) else y)
     assert got[1].max() > 2 * data[0].max()  # not clipped at the model's range
+    assert got[2].max() > runtime.reference[1]  # above the training range: not clipped
 
 
 def test_write_tasks_fill_the_target_once(tmp_path):
