@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import FM2SError
+from .errors import FM2SError, ParameterError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -33,10 +33,11 @@ def choose_providers(provider: str = "auto") -> list[str]:
     if provider == "auto":
         provider = "cuda" if PROVIDERS["cuda"] in available else "cpu"
     if provider not in PROVIDERS:
-        raise FM2SError(f"unknown provider {provider!r}: choose auto, cpu or cuda")
+        raise ParameterError("provider", provider, "choose auto, cpu or cuda")
     if PROVIDERS[provider] not in available:
-        raise FM2SError(f"onnxruntime here has no {PROVIDERS[provider]} (it has "
-                        f"{', '.join(available)}): install onnxruntime-gpu or use --provider cpu")
+        raise ParameterError("provider", provider, f"onnxruntime here has no "
+                             f"{PROVIDERS[provider]} (it has {', '.join(available)}): install "
+                             "onnxruntime-gpu or use cpu")
     if provider == "cuda":
         try:  # make torch's CUDA/cuDNN libraries visible to onnxruntime when present
             import torch  # noqa: F401
