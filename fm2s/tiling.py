@@ -71,7 +71,7 @@ def block_chunks(shape: tuple[int, ...], tile: int, halo: int,
 
 
 def plane_stats(data: da.Array) -> da.Array:
-    """``[min, max, p1, p99, p0.01, p99.99]`` of every YX plane: ``data.shape[:-2] + (6,)``.
+    """``[min, max, p1, p99]`` of every YX plane: ``data.shape[:-2] + (4,)``.
 
     One read of the data; the percentiles come from a regular subsample of each plane
     (:func:`fm2s.normalize.subsample_step`), so memory stays bounded by the chunks.
