@@ -85,6 +85,7 @@ Device = StrEnum("Device", {name: name for name in ("auto", "cpu", "cuda")})
 
 Dtype = StrEnum("Dtype", {name: name for name in ("input", "float32")})
 Ngff = StrEnum("Ngff", {"v04": "0.4", "v05": "0.5"})
+Precision = StrEnum("Precision", {name: name for name in ("fp32", "fp16")})
 
 InPath = Annotated[str, typer.Argument(
     help="Input: OME-Zarr image (local or http(s) URL), zarr array, TIFF stack, or a "
@@ -106,6 +107,9 @@ DtypeOpt = Annotated[Dtype, typer.Option(
 Axes = Annotated[str | None, typer.Option(
     help="Axes of input without axes metadata (plain zarr array, generic TIFF stack), e.g. "
     "tczyx, zyx.", show_default=False)]
+PrecisionOpt = Annotated[Precision, typer.Option(
+    help="Arithmetic of the network at inference: fp32, or fp16 on the CUDA provider "
+    "(input and output stay float32).")]
 NgffOpt = Annotated[Ngff | None, typer.Option(
     "--ngff", help="NGFF version of the output for input that is not OME-Zarr (default 0.5; "
     "0.4 for a zarr v2 array). OME-Zarr input keeps its own.", show_default=False)]
@@ -139,7 +143,8 @@ def format_run(report) -> str:
             head += f", saved to {ch.model_file}"
         lines.append(head)
     rate = report.voxels / max(report.apply_seconds, 1e-9) / 1e6
-    lines.append(f"  {report.tiles} tiles on {report.where} ({report.provider}) in "
+    arith = "" if report.precision == "fp32" else f", {report.precision}"
+    lines.append(f"  {report.tiles} tiles on {report.where} ({report.provider}{arith}) in "
                  f"{report.apply_seconds:.1f} s ({rate:.2f} Mvoxel/s)")
     lines += [f"warning: {w}" for w in report.warnings]
     return "\n".join(lines)
@@ -201,6 +206,11 @@ def train_and_apply_cmd(
     save_model: Annotated[Path | None, typer.Option(
         help="Also save the trained model(s) as ONNX: this path for one channel, "
         "<stem>_c<k>.onnx for each channel k otherwise.", show_default=False)] = None,
+    views: Annotated[int | None, typer.Option(
+        help="Test-time views averaged by the model: 1, 2 (the image and its 180-degree "
+        "rotation) or 4 (its flips); each costs one network pass. Default: the recipe's "
+        "(fast: 2, paper and v2: 1).", show_default=False)] = None,
+    precision: PrecisionOpt = Precision["fp32"],
     axes: Axes = None,
     ngff: NgffOpt = None,
     overwrite: Overwrite = False,
@@ -213,7 +223,8 @@ def train_and_apply_cmd(
         image, output, recipe=recipe.value, microscope=microscope.value, device=device.value,
         seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,
         dtype=dtype.value, save_model=save_model, overwrite=overwrite, axes=axes,
-        ngff=ngff.value if ngff else None, command=_command(), progress=_progress(quiet))))
+        ngff=ngff.value if ngff else None, precision=precision.value, views=views,
+        command=_command(), progress=_progress(quiet))))
 
 
 @app.command("apply")
@@ -230,6 +241,7 @@ def apply_cmd(
     workers: Workers = None,
     scheduler: Scheduler = None,
     dtype: DtypeOpt = Dtype["input"],
+    precision: PrecisionOpt = Precision["fp32"],
     axes: Axes = None,
     ngff: NgffOpt = None,
     overwrite: Overwrite = False,
@@ -241,7 +253,94 @@ def apply_cmd(
     typer.echo(format_run(apply(
         model, image, output, provider=provider.value, tile=tile, workers=workers,
         scheduler=scheduler, dtype=dtype.value, overwrite=overwrite, axes=axes,
-        ngff=ngff.value if ngff else None, command=_command(), progress=_progress(quiet))))
+        ngff=ngff.value if ngff else None, precision=precision.value, command=_command(),
+        progress=_progress(quiet))))
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split(","))
+    except ValueError:
+        raise ParameterError(flag, text, "give comma-separated integers") from None
+
+
+def format_bench(report) -> str:
+    """The table ``bench`` prints."""
+    m = report.machine
+    lines = [f"machine: {m['cpu']}, {m['cores']} cores" + (f", GPU {m['gpu']}" if m['gpu']
+                                                            else ", no GPU")
+             + f"; onnxruntime {m['onnxruntime']}",
+             f"{'provider':<9}{'precision':<10}{'mode':<19}{'Mvoxel/s':>10}{'peak RSS MB':>13}"
+             f"{'GPU MB':>9}  note"]
+    for r in report.records:
+        note = []
+        if "pipeline_over_session" in r:
+            note.append(f"pipeline/session {r['pipeline_over_session']:.2f}")
+        if r.get("shape"):
+            note.append("volume " + "x".join(map(str, r["shape"])))
+        if r.get("workers"):
+            note.append(f"{r['workers']} workers (peak {r.get('worker_peak_rss_mb', 0):.0f} MB)")
+        gpu = f"{r['gpu_memory_mb']:.0f}" if r.get("gpu_memory_mb") else "-"
+        lines.append(f"{r['provider']:<9}{r['precision']:<10}{r['mode']:<19}"
+                     f"{r['mvox_s']:>10.2f}{r['peak_rss_mb']:>13.0f}{gpu:>9}  {', '.join(note)}")
+    lines += [f"skipped: {s}" for s in report.skipped]
+    return "\n".join(lines)
+
+
+@app.command("bench")
+def bench_cmd(
+    providers: Annotated[str | None, typer.Option(
+        help="Comma-separated onnxruntime providers: cpu, cuda. Default: every one available.",
+        show_default=False)] = None,
+    precision: Annotated[str, typer.Option(
+        help="Comma-separated precisions: fp32, fp16 (CUDA only).")] = "fp32",
+    shape: Annotated[str, typer.Option(
+        help="T,Z,Y,X of the synthetic uint16 OME-Zarr the pipeline denoises.")] = ",".join(
+        map(str, (1, 16, 2048, 2048))),
+    tile: Tile = DEFAULT_TILE,
+    workers: Workers = None,
+    repeats: Annotated[int, typer.Option(help="Timed runs per measurement; the median is "
+                                         "reported.")] = 3,
+    modes: Annotated[str, typer.Option(
+        help="Comma-separated: session, session-iobinding (CUDA), pipeline, torch.")] = (
+        "session,session-iobinding,pipeline,torch"),
+    model: Annotated[Path | None, typer.Option(
+        help="Benchmark this saved model instead of an untrained network of the default "
+        "recipe.", show_default=False)] = None,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the records as JSON here.", show_default=False)] = None,
+    plot_path: Annotated[Path | None, typer.Option(
+        "--plot", help="Also write a bar chart (PNG) here.", show_default=False)] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Measure throughput (Mvoxel/s) per provider and precision: the bare onnxruntime session,
+    with I/O binding on CUDA, the whole zarr -> zarr pipeline, and torch eager."""
+    from .bench import BenchConfig, bench, check_plotting, plot, records_json
+
+    config = BenchConfig(
+        providers=_csv(providers or ""), precisions=_csv(precision),
+        shape=_ints(shape, "shape"), tile=tile, workers=workers, repeats=repeats,
+        modes=_csv(modes), model=str(model) if model else None)
+    for path, suffix in ((json_path, ".json"), (plot_path, ".png")):
+        if path is not None and (path.suffix.lower() != suffix or not path.absolute().parent
+                                 .is_dir()):
+            raise ParameterError("json" if suffix == ".json" else "plot", str(path),
+                                 f"give a {suffix} path in an existing folder")
+    if plot_path is not None:
+        check_plotting()
+    report = bench(config, say=None if quiet else lambda line: typer.echo(line, err=True))
+    typer.echo(format_bench(report))
+    if json_path is not None:
+        import json
+
+        json_path.write_text(json.dumps(records_json(report), indent=1) + "\n")
+        typer.echo(f"wrote {json_path}")
+    if plot_path is not None:
+        typer.echo(f"wrote {plot(report, plot_path)}")
 
 
 @app.command("info")

@@ -12,22 +12,59 @@ from torch import nn
 from .network import FM2SNet
 from .normalize import Normalization
 
+#: test-time views: the flips (dims of N x C x H x W) whose results are averaged. 2 is the
+#: image and its 180-degree rotation, as good as all four flips on the FMD images at half
+#: the cost (benchmarks/views.py); no 90-degree rotations, which would mix up the row and
+#: column structure of scanned images.
+VIEWS: dict[int, tuple[tuple[int, ...], ...]] = {
+    1: ((),),
+    2: ((), (2, 3)),
+    4: ((), (2,), (3,), (2, 3)),
+}
+
+
+def fold_amplification(net: FM2SNet) -> FM2SNet:
+    """The same network taking the image once instead of repeated ``amplification`` times.
+
+    The repeated input channels are equal, so the first convolution's kernels summed
+    over them give the same result (up to float rounding) at a fraction of its cost.
+    """
+    c1, c3 = net.conv1, net.conv3
+    folded = FM2SNet(c3.out_channels, c1.kernel_size[0], net.conv2.kernel_size[0],
+                     c3.kernel_size[0], inputs=1)
+    state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    state["conv1.weight"] = state["conv1.weight"].sum(dim=1, keepdim=True)
+    folded.load_state_dict(state)
+    folded.act.negative_slope = net.act.negative_slope
+    return folded.eval()
+
+
+def multiply_adds(net: FM2SNet, views: int, folded: bool = True) -> int:
+    """Multiply-adds per output pixel of the exported network: ``views`` passes of its
+    three convolutions (``folded=False``: with the input repeated, as before folding)."""
+    total = 0
+    for i, conv in enumerate((net.conv1, net.conv2, net.conv3)):
+        inputs = 1 if i == 0 and folded else conv.in_channels
+        total += inputs * conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    return total * len(VIEWS[views])
+
 
 class Denoiser(nn.Module):
     """Raw image in, denoised image out, both N x 1 x H x W in the image's units.
 
-    Normalizes, repeats the channel ``amplification`` times, runs the network,
-    clamps to [0, 1] (or to ``clamp``, a [low, high] pair in raw units), averages the
-    channels and maps back to raw units. With
-    ``flips``, the result is also averaged over the image flipped along y, x and
-    both (test-time augmentation; no rotations, which would mix up the row and
-    column structure of scanned images).
+    Normalizes, runs the network (the amplification repeat folded into its first
+    convolution), clamps to [0, 1] (or to ``clamp``, a [low, high] pair in raw units),
+    averages the channels and maps back to raw units. With ``views`` 2 or 4, the
+    result is averaged over the image and its flips (:data:`VIEWS`; test-time
+    augmentation).
     """
 
-    def __init__(self, net: FM2SNet, normalization: Normalization, flips: bool = False) -> None:
+    def __init__(self, net: FM2SNet, normalization: Normalization, views: int = 1) -> None:
         super().__init__()
-        self.net = net
-        self.flips = flips
+        if views not in VIEWS:
+            raise ValueError(f"views must be one of {sorted(VIEWS)}")
+        self.net = fold_amplification(net)
+        self.views = views
         self.amplification = net.conv1.in_channels
         self.register_buffer("offset", torch.tensor(normalization.offset, dtype=torch.float32))
         self.register_buffer("scale", torch.tensor(normalization.scale, dtype=torch.float32))
@@ -39,16 +76,13 @@ class Denoiser(nn.Module):
 
     def forward(self, raw: torch.Tensor, clamp: torch.Tensor | None = None) -> torch.Tensor:
         x = (raw - self.offset) / self.scale
-        x = x.repeat(1, self.amplification, 1, 1)
         if clamp is None:
             lo, hi = 0.0, 1.0
         else:
             lo, hi = (clamp[0] - self.offset) / self.scale, (clamp[1] - self.offset) / self.scale
-        views = ((), (2,), (3,), (2, 3)) if self.flips else ((),)
+        views = VIEWS[self.views]
         y = sum(self._one_view(x, dims, lo, hi) for dims in views) / len(views)
         return y * self.scale + self.offset
-
-
 def to_onnx(denoiser: Denoiser, metadata: dict[str, str], opset: int = 17) -> onnx.ModelProto:
     """Export a :class:`Denoiser` to an ONNX model with dynamic N, H, W.
 

@@ -33,7 +33,7 @@ from .recipes import (
     DEFAULT_TRAIN_PLANES,
     config_for,
 )
-from .runtime import OnnxDenoiser
+from .runtime import OnnxDenoiser, check_precision
 from .tiling import denoise_array, plane_maps, plane_stats, tiles_in, write_tasks
 from .writers import OutputImage, check_new_path, default_output, downsample, output_kind
 
@@ -86,6 +86,7 @@ class RunReport:
     apply_seconds: float
     where: str
     provider: str
+    precision: str = "fp32"
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -174,17 +175,15 @@ def _check_tile(tile: int) -> None:
                              f"{DEFAULT_TILE})")
 
 
-def _block_weights(array: da.Array, tile: int, halo: int) -> tuple[list[int], list[int]]:
-    """Tiles and voxels of each block of a :func:`denoise_array` result, in task order."""
+def _block_weights(array: da.Array, tile: int) -> tuple[list[int], list[int]]:
+    """Tiles and voxels of each block of a :func:`denoise_array` result, in task order
+    (a block's halo is read, not computed: :func:`fm2s.tiling.tiled`)."""
     tiles, voxels = [], []
-    ys, xs = array.chunks[-2:]
     lead = math.prod(len(c) for c in array.chunks[:-2])
     for _ in range(lead):
-        for iy, by in enumerate(ys):
-            for ix, bx in enumerate(xs):
-                ey = by + halo * (iy > 0) + halo * (iy < len(ys) - 1)
-                ex = bx + halo * (ix > 0) + halo * (ix < len(xs) - 1)
-                tiles.append(tiles_in((ey, ex), tile))
+        for by in array.chunks[-2]:
+            for bx in array.chunks[-1]:
+                tiles.append(tiles_in((by, bx), tile))
                 voxels.append(by * bx)
     return tiles, voxels
 
@@ -206,7 +205,7 @@ def _per_channel(image: Image, values: np.ndarray, channel: int) -> np.ndarray:
 
 
 def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int, output: Path,
-             kind, dtype: np.dtype, tile: int, provider: str, run: Runner,
+             kind, dtype: np.dtype, tile: int, provider: str, precision: str, run: Runner,
              progress: ProgressDisplay, provenance: dict, overwrite: bool) -> tuple[int, float]:
     """Denoise every plane, write level 0 and the pyramid, check, publish."""
     c_axis = image.c_axis if len(models) > 1 else None
@@ -214,8 +213,8 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int, out
     start = time.perf_counter()
     try:
         denoised = denoise_array(image.data, models, halo, tile, c_axis, dtype, provider,
-                                 maps=maps)
-        tiles, voxels = _block_weights(denoised, tile, halo)
+                                 maps=maps, precision=precision)
+        tiles, voxels = _block_weights(denoised, tile)
         run.run(write_tasks(denoised, out.arrays[0]), progress.tasks("denoising", tiles, voxels))
         for level in range(1, len(out.arrays)):
             source = da.from_zarr(out.arrays[level - 1])
@@ -226,7 +225,8 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int, out
                                           unit="chunks"))
         seconds = time.perf_counter() - start
         out.commit({**provenance, "tile": tile, "halo": halo, "dtype": str(dtype),
-                    "scheduler": run.describe(), "provider": provider}, overwrite=overwrite)
+                    "scheduler": run.describe(), "provider": provider,
+                    "precision": precision}, overwrite=overwrite)
     except BaseException:
         out.abort()
         raise
@@ -254,7 +254,7 @@ def _warnings(reports: list[ChannelReport]) -> list[str]:
 
 def _finish(image: Image, output: Path, kind, dtype: np.dtype, stats: np.ndarray,
             models: list[bytes], references: list[tuple], halo: int, records: list[dict],
-            tile: int, provider: str, run: Runner, progress: ProgressDisplay,
+            tile: int, provider: str, precision: str, run: Runner, progress: ProgressDisplay,
             command: str | None, overwrite: bool) -> RunReport:
     """Denoise and write; return the report of the run (shared by both jobs)."""
     reports = []
@@ -271,12 +271,12 @@ def _finish(image: Image, output: Path, kind, dtype: np.dtype, stats: np.ndarray
             **records[c if len(records) > 1 else 0]))
     provenance = _provenance(image, command, [r.record() for r in reports])
     tiles, seconds = _denoise(image, models, maps, halo, output, kind, dtype, tile, provider,
-                              run, progress, provenance, overwrite)
+                              precision, run, progress, provenance, overwrite)
     fmt = kind.name if kind is not None else f"OME-Zarr NGFF {image.ngff.version}"
     return RunReport(image.source, str(output), image.kind, fmt, image.axes,
                      tuple(image.data.shape), str(image.data.dtype), str(dtype),
                      1 if kind is not None else len(image.level_shapes), reports, tiles,
-                     seconds, run.describe(), provider, _warnings(reports))
+                     seconds, run.describe(), provider, precision, _warnings(reports))
 
 
 def train_and_apply(source: str | Path, output: str | Path | None = None, *,
@@ -286,6 +286,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     scheduler: str | None = None, workers: int | None = None,
                     dtype: str | None = None, save_model: str | Path | None = None,
                     overwrite: bool = False, axes: str | None = None, ngff: str | None = None,
+                    precision: str = "fp32", views: int | None = None,
                     command: str | None = None, progress: ProgressDisplay | None = None,
                     **overrides) -> RunReport:
     """Train one model per channel on ``train_planes`` planes, then denoise every plane.
@@ -293,8 +294,9 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     Any input (OME-Zarr, zarr, TIFF stack, 2D PNG/TIFF); the output is an OME-Zarr, or a
     PNG/TIFF file for a 2D image (by the output's extension; default: the input's format
     for a 2D file, else ``.fm2s.ome.zarr``). ``overrides`` change schedule fields of the
-    recipe (see :func:`fm2s.recipes.make_config`). Nothing is written when an input or
-    option is bad.
+    recipe (see :func:`fm2s.recipes.make_config`); ``views`` replaces the recipe's
+    test-time views (1, 2 or 4). ``precision="fp16"`` runs the network in float16 on
+    the CUDA provider. Nothing is written when an input or option is bad.
     """
     try:
         from .model import train_model
@@ -309,6 +311,9 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     _check_tile(tile)
     training_planes(1, train_planes)
     check_cluster_options(scheduler, workers)
+    check_precision(precision)
+    if views is not None:
+        overrides["views"] = views
     config = config_for(recipe, microscope, seed, image.planes_per_channel, **overrides)
     progress = progress or ProgressDisplay(quiet=True)
     with runner(scheduler, workers) as run, progress:
@@ -335,26 +340,29 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                                   "scale": model.normalization.scale},
                 "training_planes": index, "steps": config.total_steps,
                 "train_seconds": round(model.seconds, 3), "device": model.device})
-        provider = "cpu" if devices == {"cpu"} else "auto"
+        provider = "cpu" if devices == {"cpu"} and precision == "fp32" else "auto"
         return _finish(image, output, kind, dtype_out, stats, models, references,
-                       model.halo, records, tile, provider, run, progress, command, overwrite)
+                       model.halo, records, tile, provider, precision, run, progress, command,
+                       overwrite)
 
 
 def apply(model: str | Path, source: str | Path, output: str | Path | None = None, *,
           provider: str = "auto", tile: int = DEFAULT_TILE, scheduler: str | None = None,
           workers: int | None = None, dtype: str | None = None, overwrite: bool = False,
-          axes: str | None = None, ngff: str | None = None, command: str | None = None,
-          progress: ProgressDisplay | None = None) -> RunReport:
+          axes: str | None = None, ngff: str | None = None, precision: str = "fp32",
+          command: str | None = None, progress: ProgressDisplay | None = None) -> RunReport:
     """Denoise any input with saved models (one for all channels or one per channel).
 
     Planes outside the range a model was trained on are mapped into it and back (see
     :func:`fm2s.normalize.range_map`); the report's ``warnings`` say so.
+    ``precision="fp16"`` runs the network in float16 on the CUDA provider.
     """
     image = open_image(source, axes, ngff)
     dtype_out = _out_dtype(image, dtype)
     output, kind = _check_output(image, output, overwrite, dtype_out)
     _check_tile(tile)
     check_cluster_options(scheduler, workers)
+    check_precision(precision, provider)
     paths = resolve_models(model, image.channels)
     runtimes = [OnnxDenoiser(p, provider="cpu") for p in paths]
     records = [{"model_sha256": r.sha256, "model_file": str(p),
@@ -370,8 +378,8 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
     with runner(scheduler, workers) as run, progress:
         stats = _channel_stats(image, run)
         return _finish(image, output, kind, dtype_out, stats, models,
-                       [r.reference for r in runtimes], halo, records, tile, provider, run,
-                       progress, command, overwrite)
+                       [r.reference for r in runtimes], halo, records, tile, provider,
+                       precision, run, progress, command, overwrite)
 
 
 def info(source: str | Path, axes: str | None = None) -> InfoReport:

@@ -68,7 +68,7 @@ class TrainedModel:
                                          "scale": self.normalization.scale,
                                          "formula": self.normalization.describe()}),
             "percentiles": json.dumps({"p1": self.percentiles[0], "p99": self.percentiles[1]}),
-            "flips": str(self.config.flips).lower(),
+            "views": str(self.config.views),
             "seed": str(self.config.seed),
             "config": json.dumps(asdict(self.config)),
             "input": "float32 N x 1 x H x W, raw pixel values",
@@ -83,7 +83,7 @@ class TrainedModel:
 
     def to_onnx(self) -> onnx.ModelProto:
         """The whole inference as one ONNX model (dynamic N, H, W)."""
-        denoiser = Denoiser(self.net, self.normalization, flips=self.config.flips)
+        denoiser = Denoiser(self.net, self.normalization, views=self.config.views)
         return to_onnx(denoiser, self.metadata())
 
     def to_bytes(self) -> bytes:

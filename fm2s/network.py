@@ -15,12 +15,16 @@ class FM2SNet(nn.Module):
         Number of input and output channels (the amplification lambda).
     k1, k2, k3
         Kernel sizes of the three convolutions (odd).
+    inputs
+        Input channels, when they differ from ``channels`` (the exported network takes
+        the image once: :func:`fm2s.export.fold_amplification`).
     """
 
-    def __init__(self, channels: int = 2, k1: int = 3, k2: int = 3, k3: int = 3) -> None:
+    def __init__(self, channels: int = 2, k1: int = 3, k2: int = 3, k3: int = 3,
+                 inputs: int | None = None) -> None:
         super().__init__()
         self.act = nn.LeakyReLU(negative_slope=1e-3)
-        self.conv1 = nn.Conv2d(channels, 24, k1, padding=k1 // 2)
+        self.conv1 = nn.Conv2d(inputs or channels, 24, k1, padding=k1 // 2)
         self.conv2 = nn.Conv2d(24, 12, k2, padding=k2 // 2)
         self.conv3 = nn.Conv2d(12, channels, k3, padding=k3 // 2)
 

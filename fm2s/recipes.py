@@ -110,9 +110,10 @@ class TrainConfig:
     normalization
         ``dtype`` (8-bit images / 255, as published) or ``minmax`` (every image
         mapped from its [min, max] to [0, 1]); see :mod:`fm2s.normalize`.
-    flips
-        Average the prediction over the image flipped along y, x and both
-        (test-time augmentation, inside the exported model).
+    views
+        1, 2 or 4: average the prediction over the image and its 180-degree rotation
+        (2) or its flips along y, x and both (4) (test-time augmentation, inside the
+        exported model; see :data:`fm2s.export.VIEWS`).
     seed
         Seed of every random draw: weights, noise and crop positions.
     """
@@ -133,7 +134,7 @@ class TrainConfig:
     ema: float = 0.0
     input_mean: float = 0.0
     normalization: str = "dtype"
-    flips: bool = False
+    views: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -149,6 +150,8 @@ class TrainConfig:
             raise ValueError("normalization must be dtype or minmax")
         if not 0 <= self.ema < 1 or self.input_mean < 0:
             raise ValueError("ema must be in [0, 1) and input_mean >= 0")
+        if self.views not in (1, 2, 4):
+            raise ValueError("views must be 1, 2 or 4")
         if not 0 <= self.seed < 2**63:
             raise ValueError("seed must be in [0, 2**63)")
 
@@ -193,7 +196,7 @@ _RECIPE_TABLE: dict[str, tuple[dict, dict[str, NoiseModel], dict[str, dict]]] = 
     "fast": (
         dict(kernels=(5, 3, 5), warmup_steps=5, samples=80, steps_per_sample=9, lr=4e-3,
              lr_final=4e-4, crop=128, batch=4, ema=0.99, input_mean=0.25, normalization="minmax",
-             flips=True),
+             views=2),
         _V2_NOISE,
         # widefield (amplification 1, 11 x 11 median) needs more steps to reach v2 quality
         {"widefield": dict(samples=120)},
@@ -256,6 +259,9 @@ def config_for(recipe: str, microscope: str, seed: int, planes: int,
                **overrides) -> TrainConfig:
     """The config of a model that will serve ``planes`` planes (see STACK_SAMPLES_FACTOR)."""
     config = make_config(recipe, microscope, seed=seed)
+    if overrides.get("views", 1) not in (1, 2, 4):
+        raise ParameterError("views", overrides["views"], "choose 1, 2 or 4 (see README, "
+                             "Throughput)")
     if planes > 1 and "samples" not in overrides:
         overrides["samples"] = config.samples * STACK_SAMPLES_FACTOR.get(recipe, 1)
     return replace(config, **overrides) if overrides else config

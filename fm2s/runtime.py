@@ -12,6 +12,11 @@ import numpy as np
 from .errors import FM2SError, ParameterError
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PRECISIONS = ("fp32", "fp16")
+#: CUDA provider options: full float32 convolutions (TF32 would make tiles differ from
+#: whole planes) and cuDNN's heuristic algorithm choice (the exhaustive search times
+#: candidates, so two runs or two tile shapes could get different algorithms)
+CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "DEFAULT"}
 
 
 def _ort():
@@ -43,9 +48,70 @@ def choose_providers(provider: str = "auto") -> list[str]:
             import torch  # noqa: F401
         except ImportError:  # pragma: no cover
             pass
-        # TF32 convolutions would make tiles differ from whole planes: keep full float32
-        return [(PROVIDERS["cuda"], {"use_tf32": "0"}), PROVIDERS["cpu"]]
+        return [(PROVIDERS["cuda"], dict(CUDA_OPTIONS)), PROVIDERS["cpu"]]
     return [PROVIDERS["cpu"]]
+
+
+#: the ops that run in float16 with ``precision="fp16"``: the network itself
+HALF_OPS = frozenset({"Conv", "LeakyRelu"})
+
+
+def half_precision(model: bytes) -> bytes:
+    """``model`` with its network (convolutions and activations) in float16.
+
+    Everything else stays float32: input, output, normalization, clamp and channel mean
+    (raw values in the thousands would lose their last bits in float16). One cast to
+    float16 where a value enters the network, one back to float32 where it leaves.
+    (onnxruntime's general converter, with the other ops blocked, sends values between
+    two blocked ops through float16 too.)
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx.load_from_string(model)
+    graph = proto.graph
+    weights = {t.name: t for t in graph.initializer}
+    half = {out for node in graph.node if node.op_type in HALF_OPS for out in node.output}
+    casts: dict[tuple[str, int], str] = {}
+    nodes = []
+
+    def cast(name: str, to: int) -> str:
+        if (name, to) not in casts:
+            casts[name, to] = f"{name}_as_{'fp16' if to == TensorProto.FLOAT16 else 'fp32'}"
+            nodes.append(helper.make_node("Cast", [name], [casts[name, to]], to=to))
+        return casts[name, to]
+
+    for node in graph.node:
+        inside = node.op_type in HALF_OPS
+        for i, name in enumerate(node.input):
+            if not name or (name in half) == inside:
+                continue
+            if inside and name in weights:  # a weight of the network: stored in float16
+                array = numpy_helper.to_array(weights[name]).astype("float16")
+                weights[name].CopyFrom(numpy_helper.from_array(array, name))
+            else:
+                node.input[i] = cast(name, TensorProto.FLOAT16 if inside else TensorProto.FLOAT)
+        nodes.append(node)
+    for output in graph.output:
+        if output.name in half:  # pragma: no cover - fm2s graphs end in float32 ops
+            raise ValueError("the model's output comes straight from the network")
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]  # float32 types of values that are float16 now
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def check_precision(precision: str, provider: str = "auto") -> None:
+    """Refuse an unknown precision, and fp16 where the session would not run on CUDA."""
+    if precision not in PRECISIONS:
+        raise ParameterError("precision", precision, f"choose {' or '.join(PRECISIONS)}")
+    if precision == "fp16":
+        available = _ort().get_available_providers()
+        if provider == "cpu" or PROVIDERS["cuda"] not in available:
+            raise ParameterError("precision", precision, "runs on onnxruntime's CUDA provider "
+                                 "only (onnxruntime-gpu and a GPU; this one has "
+                                 f"{', '.join(available)}): use fp32")
 
 
 class OnnxDenoiser:
@@ -60,9 +126,13 @@ class OnnxDenoiser:
     threads
         CPU threads of one call (0: onnxruntime's default, all cores). Tiled runs use
         1 and run tiles in parallel instead.
+    precision
+        ``fp32``, or ``fp16`` (CUDA only): the network runs in float16
+        (:func:`half_precision`); input and output stay float32.
     """
 
-    def __init__(self, model: str | Path | bytes, provider: str = "auto", threads: int = 0) -> None:
+    def __init__(self, model: str | Path | bytes, provider: str = "auto", threads: int = 0,
+                 precision: str = "fp32") -> None:
         ort = _ort()
         if isinstance(model, (str, Path)):
             path = Path(model)
@@ -77,8 +147,12 @@ class OnnxDenoiser:
         options.intra_op_num_threads = threads
         if threads:
             options.inter_op_num_threads = 1
+        check_precision(precision, provider)
+        providers = choose_providers(provider)
+        self.precision = precision
         try:
-            self.session = ort.InferenceSession(data, options, providers=choose_providers(provider))
+            run_data = half_precision(data) if precision == "fp16" else data
+            self.session = ort.InferenceSession(run_data, options, providers=providers)
         except FM2SError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -141,18 +215,19 @@ class OnnxDenoiser:
         return out.reshape(image.shape)
 
 
-_SHARED: dict[tuple[str, str], OnnxDenoiser] = {}
+_SHARED: dict[tuple[str, str, str], OnnxDenoiser] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_denoiser(model: bytes, provider: str = "cpu") -> OnnxDenoiser:
+def shared_denoiser(model: bytes, provider: str = "cpu",
+                    precision: str = "fp32") -> OnnxDenoiser:
     """The one session of ``model`` in this process, made on first use (thread-safe).
 
     Dask tasks call this: every worker process loads a model once and its threads
     share the session (onnxruntime sessions are safe to run from several threads).
     """
-    key = (hashlib.sha256(model).hexdigest(), provider)
+    key = (hashlib.sha256(model).hexdigest(), provider, precision)
     with _SHARED_LOCK:
         if key not in _SHARED:
-            _SHARED[key] = OnnxDenoiser(model, provider=provider, threads=1)
+            _SHARED[key] = OnnxDenoiser(model, provider=provider, threads=1, precision=precision)
         return _SHARED[key]

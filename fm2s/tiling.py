@@ -27,21 +27,26 @@ from .runtime import shared_denoiser
 
 
 def tiled(plane: np.ndarray, run: Callable[[np.ndarray], np.ndarray], tile: int,
-          halo: int) -> np.ndarray:
+          halo: int, skip: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+          ) -> np.ndarray:
     """Apply ``run`` to an (..., H, W) array in tiles of ``tile`` pixels with ``halo`` context.
 
     ``run`` maps an (N, h, w) float32 array to an array of the same shape and looks at
-    most ``halo`` pixels away; the result equals ``run`` on the whole array.
+    most ``halo`` pixels away; the result equals ``run`` on the whole array. ``skip``:
+    ((top, bottom), (left, right)) margins that are context only: their pixels are read
+    but not computed (left 0 in the result).
     """
     shape = plane.shape
     h, w = shape[-2:]
     flat = np.ascontiguousarray(plane.reshape((-1, h, w)), dtype=np.float32)
-    out = np.empty(flat.shape, np.float32)
-    for y in range(0, h, tile):
-        for x in range(0, w, tile):
+    out = np.zeros(flat.shape, np.float32)
+    (top, bottom), (left, right) = skip
+    for y in range(top, h - bottom, tile):
+        for x in range(left, w - right, tile):
             y0, y1 = max(y - halo, 0), min(y + tile + halo, h)
             x0, x1 = max(x - halo, 0), min(x + tile + halo, w)
-            ye, xe = min(y + tile, h), min(x + tile, w)
+            ye, xe = min(y + tile, h - bottom), min(x + tile, w - right)
+            y1, x1 = min(y1, ye + halo), min(x1, xe + halo)
             res = run(np.ascontiguousarray(flat[:, y0:y1, x0:x1]))
             out[:, y:ye, x:xe] = res[:, y - y0:ye - y0, x - x0:xe - x0]
     return out.reshape(shape)
@@ -103,14 +108,22 @@ def plane_maps(stats: np.ndarray, references: Sequence[Sequence[float]],
     return maps
 
 
+def _halo_margins(block_info: dict, halo: int) -> tuple[tuple[int, int], ...]:
+    """The halo map_overlap added on each side of a block's Y and X (none at the edges)."""
+    where, count = block_info[None]["chunk-location"], block_info[None]["num-chunks"]
+    return tuple((halo if where[ax] > 0 else 0, halo if where[ax] < count[ax] - 1 else 0)
+                 for ax in (-2, -1))
+
+
 def _denoise_block(block: np.ndarray, models: tuple[bytes, ...], provider: str, tile: int,
                    halo: int, out_dtype: np.dtype, c_axis: int | None, maps: np.ndarray | None,
-                   block_info: dict | None = None) -> np.ndarray:
+                   precision: str = "fp32", block_info: dict | None = None) -> np.ndarray:
     where = block_info[None]["chunk-location"]
     channel = where[c_axis] if c_axis is not None else 0
-    model = shared_denoiser(models[channel if len(models) > 1 else 0], provider)
+    model = shared_denoiser(models[channel if len(models) > 1 else 0], provider, precision)
+    skip = _halo_margins(block_info, halo)  # map_overlap trims these: not computed
     if maps is None:
-        return cast_like(tiled(block, model, tile, halo), out_dtype)
+        return cast_like(tiled(block, model, tile, halo, skip), out_dtype)
     a, b, lo, hi = maps[tuple(where[:-2])]
     clamp = (lo, hi)
 
@@ -118,16 +131,16 @@ def _denoise_block(block: np.ndarray, models: tuple[bytes, ...], provider: str, 
         return model(x, clamp)
 
     if a == 1.0 and b == 0.0:
-        return cast_like(tiled(block, run, tile, halo), out_dtype)
+        return cast_like(tiled(block, run, tile, halo, skip), out_dtype)
     a, b = np.float32(a), np.float32(b)
     mapped = block.astype(np.float32) * a + b
-    return cast_like((tiled(mapped, run, tile, halo) - b) / a, out_dtype)
+    return cast_like((tiled(mapped, run, tile, halo, skip) - b) / a, out_dtype)
 
 
 def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int = DEFAULT_TILE,
                   c_axis: int | None = None, dtype: np.dtype | None = None,
                   provider: str = "cpu", chunk: int = WRITE_CHUNK,
-                  maps: np.ndarray | None = None) -> da.Array:
+                  maps: np.ndarray | None = None, precision: str = "fp32") -> da.Array:
     """Lazily denoise every YX plane of ``data`` with ONNX models, tile by tile.
 
     Parameters
@@ -171,7 +184,7 @@ def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int 
     return data.map_overlap(
         _denoise_block, depth=depth, boundary="none", allow_rechunk=False, dtype=dtype,
         meta=np.empty((0,) * data.ndim, dtype), models=tuple(models), provider=provider,
-        tile=tile, halo=halo, out_dtype=dtype, c_axis=c_axis, maps=maps)
+        tile=tile, halo=halo, out_dtype=dtype, c_axis=c_axis, maps=maps, precision=precision)
 
 
 def _write_block(block: np.ndarray, target, block_info: dict | None = None) -> np.ndarray:

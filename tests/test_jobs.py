@@ -252,11 +252,11 @@ def test_progress_weights_cover_every_voxel_once(quick_model, stack_uint16):
 
     lazy = denoise_array(da.from_array(stack_uint16), [quick_model.read_bytes()], 5, tile=64,
                          chunk=48)
-    tiles, voxels = _block_weights(lazy, 64, 5)
+    tiles, voxels = _block_weights(lazy, 64)
     assert len(tiles) == len(lazy.to_delayed().ravel()) == lazy.npartitions
     assert sum(voxels) == stack_uint16.size
-    # per plane of 75 x 133: blocks 75 x 96 and 75 x 37, with a 5-pixel halo on the inner sides
-    # (75 x 101 and 75 x 42), run as 2 x 2 and 2 x 1 tiles of 64 pixels
+    # per plane of 75 x 133: blocks 75 x 96 and 75 x 37 (their 5-pixel halo on the inner
+    # sides is read, not computed), run as 2 x 2 and 2 x 1 tiles of 64 pixels
     assert lazy.chunks[-2:] == ((75,), (96, 37))
     assert tiles == [4, 2] * 12
 

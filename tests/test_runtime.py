@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from fm2s.errors import FM2SError
-from fm2s.runtime import OnnxDenoiser, choose_providers
+from fm2s.runtime import CUDA_OPTIONS, OnnxDenoiser, choose_providers
 
 
 def test_cpu_and_auto_providers():
@@ -19,7 +19,8 @@ def test_cuda_provider_when_offered_and_clear_error_when_not(monkeypatch):
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     chosen = choose_providers("auto")
-    assert chosen[0] == ("CUDAExecutionProvider", {"use_tf32": "0"})
+    assert chosen[0] == ("CUDAExecutionProvider", CUDA_OPTIONS)
+    assert CUDA_OPTIONS["use_tf32"] == "0"
     assert chosen[1] == "CPUExecutionProvider"
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     assert choose_providers("auto") == ["CPUExecutionProvider"]

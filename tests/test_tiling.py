@@ -28,6 +28,27 @@ def test_tiled_equals_whole_plane(runtime, stack_uint16, tile):
     assert np.array_equal(out, whole)
 
 
+@pytest.mark.parametrize("skip", [((5, 0), (0, 5)), ((5, 5), (5, 5)), ((0, 3), (7, 0))])
+def test_skipped_margins_are_not_computed_and_the_rest_is_exact(runtime, stack_uint16, skip):
+    planes = stack_uint16[0, 0].astype(np.float32)
+    calls = []
+
+    def run(x):
+        calls.append(x.shape)
+        return runtime(x)
+
+    out = tiled(planes, run, 32, runtime.halo, skip)
+    (top, bottom), (left, right) = skip
+    inner = (slice(None), slice(top, 75 - bottom), slice(left, 133 - right))
+    assert np.array_equal(out[inner], runtime(planes)[inner])
+    rest = np.ones(out.shape, bool)
+    rest[inner] = False
+    assert not out[rest].any()
+    assert len(calls) == tiles_in((75 - top - bottom, 133 - left - right), 32)
+    # a tile reads at most its halo beyond what it computes
+    assert all(h <= 32 + 2 * runtime.halo and w <= 32 + 2 * runtime.halo for _, h, w in calls)
+
+
 def test_a_halo_too_small_changes_the_result(runtime, stack_uint16):
     planes = stack_uint16[0, 0].astype(np.float32)
     assert not np.array_equal(tiled(planes, runtime, 16, runtime.halo - 1), runtime(planes))
