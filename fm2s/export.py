@@ -39,9 +39,57 @@ def fold_amplification(net: FM2SNet) -> FM2SNet:
     return folded.eval()
 
 
+def _copy(conv: nn.Conv2d, dims: tuple[int, ...]) -> nn.Conv2d:
+    """``conv`` with its kernels flipped along ``dims`` (2: y, 3: x)."""
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,
+                    padding=conv.padding)
+    with torch.no_grad():
+        out.weight.copy_(conv.weight.flip(dims) if dims else conv.weight)
+        out.bias.copy_(conv.bias)
+    return out
+
+
+class ViewNetwork(nn.Module):
+    """Every view of a folded network in one pass over the unflipped image.
+
+    A view's result flipped back equals the network with flipped kernels on the image
+    itself (odd kernels, zero "same" padding), so no data is flipped: each view runs its
+    own first two convolutions, and the last convolutions of all views are one
+    convolution (block-diagonal weights) over their concatenated features, which
+    onnxruntime computes in fewer blocks than one per view. Output: views x
+    amplification channels.
+    """
+
+    def __init__(self, net: FM2SNet, views: int) -> None:
+        super().__init__()
+        if views not in VIEWS:
+            raise ValueError(f"views must be one of {sorted(VIEWS)}")
+        net = fold_amplification(net)
+        dims = VIEWS[views]
+        self.act = nn.LeakyReLU(negative_slope=net.act.negative_slope)
+        self.first = nn.ModuleList(_copy(net.conv1, d) for d in dims)
+        self.second = nn.ModuleList(_copy(net.conv2, d) for d in dims)
+        c3 = net.conv3
+        width, out = c3.in_channels, c3.out_channels
+        self.last = nn.Conv2d(width * len(dims), out * len(dims), c3.kernel_size,
+                              padding=c3.padding)
+        with torch.no_grad():
+            self.last.weight.zero_()
+            for i, d in enumerate(dims):
+                kernel = c3.weight.flip(d) if d else c3.weight
+                self.last.weight[i * out:(i + 1) * out, i * width:(i + 1) * width] = kernel
+                self.last.bias[i * out:(i + 1) * out] = c3.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = [self.act(second(self.act(first(x))))
+                    for first, second in zip(self.first, self.second)]
+        return self.last(torch.cat(features, dim=1) if len(features) > 1 else features[0])
+
+
 def multiply_adds(net: FM2SNet, views: int, folded: bool = True) -> int:
     """Multiply-adds per output pixel of the exported network: ``views`` passes of its
-    three convolutions (``folded=False``: with the input repeated, as before folding)."""
+    three convolutions (``folded=False``: with the input repeated, as before folding;
+    the zero blocks of the merged last convolution are not counted)."""
     total = 0
     for i, conv in enumerate((net.conv1, net.conv2, net.conv3)):
         inputs = 1 if i == 0 and folded else conv.in_channels
@@ -56,23 +104,16 @@ class Denoiser(nn.Module):
     convolution), clamps to [0, 1] (or to ``clamp``, a [low, high] pair in raw units),
     averages the channels and maps back to raw units. With ``views`` 2 or 4, the
     result is averaged over the image and its flips (:data:`VIEWS`; test-time
-    augmentation).
+    augmentation), computed as one :class:`ViewNetwork`.
     """
 
     def __init__(self, net: FM2SNet, normalization: Normalization, views: int = 1) -> None:
         super().__init__()
-        if views not in VIEWS:
-            raise ValueError(f"views must be one of {sorted(VIEWS)}")
-        self.net = fold_amplification(net)
+        self.net = ViewNetwork(net, views)
         self.views = views
         self.amplification = net.conv1.in_channels
         self.register_buffer("offset", torch.tensor(normalization.offset, dtype=torch.float32))
         self.register_buffer("scale", torch.tensor(normalization.scale, dtype=torch.float32))
-
-    def _one_view(self, x: torch.Tensor, dims: tuple[int, ...], lo, hi) -> torch.Tensor:
-        if dims:
-            return self._one_view(x.flip(dims), (), lo, hi).flip(dims)
-        return self.net(x).clamp(lo, hi).mean(dim=1, keepdim=True)
 
     def forward(self, raw: torch.Tensor, clamp: torch.Tensor | None = None) -> torch.Tensor:
         x = (raw - self.offset) / self.scale
@@ -80,9 +121,11 @@ class Denoiser(nn.Module):
             lo, hi = 0.0, 1.0
         else:
             lo, hi = (clamp[0] - self.offset) / self.scale, (clamp[1] - self.offset) / self.scale
-        views = VIEWS[self.views]
-        y = sum(self._one_view(x, dims, lo, hi) for dims in views) / len(views)
+        # the mean over every view's channels is the mean of the views' channel means
+        y = self.net(x).clamp(lo, hi).mean(dim=1, keepdim=True)
         return y * self.scale + self.offset
+
+
 def to_onnx(denoiser: Denoiser, metadata: dict[str, str], opset: int = 17) -> onnx.ModelProto:
     """Export a :class:`Denoiser` to an ONNX model with dynamic N, H, W.
 

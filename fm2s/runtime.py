@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
@@ -53,11 +54,11 @@ def choose_providers(provider: str = "auto") -> list[str]:
 
 
 #: the ops that run in float16 with ``precision="fp16"``: the network itself
-HALF_OPS = frozenset({"Conv", "LeakyRelu"})
+HALF_OPS = frozenset({"Conv", "LeakyRelu", "Concat"})
 
 
 def half_precision(model: bytes) -> bytes:
-    """``model`` with its network (convolutions and activations) in float16.
+    """``model`` with its network (convolutions, activations) in float16.
 
     Everything else stays float32: input, output, normalization, clamp and channel mean
     (raw values in the thousands would lose their last bits in float16). One cast to
@@ -71,7 +72,21 @@ def half_precision(model: bytes) -> bytes:
     proto = onnx.load_from_string(model)
     graph = proto.graph
     weights = {t.name: t for t in graph.initializer}
-    half = {out for node in graph.node if node.op_type in HALF_OPS for out in node.output}
+    # the exporter shares equal weights through Identity nodes: use the weight itself
+    alias = {n.output[0]: n.input[0] for n in graph.node
+             if n.op_type == "Identity" and n.input[0] in weights}
+    kept = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    users: dict[str, set[bool]] = {}
+    for node in kept:
+        node.input[:] = [alias.get(name, name) for name in node.input]
+        for name in node.input:
+            users.setdefault(name, set()).add(node.op_type in HALF_OPS)
+    for name, tensor in weights.items():  # weights of the network alone: stored in float16
+        if users.get(name) == {True} and tensor.data_type == TensorProto.FLOAT:
+            array = numpy_helper.to_array(tensor).astype("float16")
+            tensor.CopyFrom(numpy_helper.from_array(array, name))
+    half = {out for node in kept if node.op_type in HALF_OPS for out in node.output}
+    half |= {name for name, t in weights.items() if t.data_type == TensorProto.FLOAT16}
     casts: dict[tuple[str, int], str] = {}
     nodes = []
 
@@ -81,20 +96,14 @@ def half_precision(model: bytes) -> bytes:
             nodes.append(helper.make_node("Cast", [name], [casts[name, to]], to=to))
         return casts[name, to]
 
-    for node in graph.node:
+    for node in kept:
         inside = node.op_type in HALF_OPS
         for i, name in enumerate(node.input):
-            if not name or (name in half) == inside:
-                continue
-            if inside and name in weights:  # a weight of the network: stored in float16
-                array = numpy_helper.to_array(weights[name]).astype("float16")
-                weights[name].CopyFrom(numpy_helper.from_array(array, name))
-            else:
+            if name and (name in half) != inside:
                 node.input[i] = cast(name, TensorProto.FLOAT16 if inside else TensorProto.FLOAT)
         nodes.append(node)
-    for output in graph.output:
-        if output.name in half:  # pragma: no cover - fm2s graphs end in float32 ops
-            raise ValueError("the model's output comes straight from the network")
+    if any(output.name in half for output in graph.output):  # pragma: no cover
+        raise ValueError("the model's output comes straight from the network")
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]  # float32 types of values that are float16 now
@@ -181,6 +190,10 @@ class OnnxDenoiser:
                             "save the model again with fm2s-tile --save-model") from None
         self.halo = halo
         self.clamp_input = meta.get("clamp_input")
+        # one call at a time on a GPU: the device runs them one after the other anyway,
+        # and concurrent calls from many dask threads would each hold their own buffers
+        self._one_at_a_time = (threading.Lock() if self.provider == PROVIDERS["cuda"]
+                               else contextlib.nullcontext())
 
     @property
     def provider(self) -> str:
@@ -208,7 +221,8 @@ class OnnxDenoiser:
         feed = {self.input_name: batch}
         if clamp is not None and self.clamp_input:
             feed[self.clamp_input] = np.asarray(clamp, np.float32)
-        out = self.session.run(None, feed)[0]
+        with self._one_at_a_time:
+            out = self.session.run(None, feed)[0]
         if out.shape != batch.shape:
             raise FM2SError(f"the model returned shape {out.shape} for input {batch.shape}: "
                             "pass a model saved by fm2s-tile --save-model")

@@ -83,7 +83,8 @@ def _assert_clean_failure(res, tmp_path, before):
                                   "recipe", "microscope", "seed", "device", "model_ext",
                                   "same_as_input", "exists", "no_folder", "out_ext",
                                   "out_float_png", "train_planes", "tile",
-                                  "workers_and_scheduler", "scheduler"])
+                                  "workers_and_scheduler", "scheduler", "views",
+                                  "fp16_without_cuda"])
 def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, small_png, case):
     from PIL import Image
 
@@ -135,6 +136,12 @@ def test_bad_input_gets_one_line_and_writes_nothing(tmp_path, small_png, case):
         args["extra"] = ["--workers", "2", "--scheduler", "tcp://127.0.0.1:1"]
     elif case == "scheduler":
         args["extra"] = ["--scheduler", "nonsense"]
+    elif case == "views":
+        args["extra"] = ["--views", "3"]
+    elif case == "fp16_without_cuda":
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            pytest.skip("this onnxruntime has CUDA")
+        args["extra"] = ["--precision", "fp16"]
     before = sorted(p.name for p in tmp_path.iterdir())
     res = _invoke("train-and-apply", args["input"], *args["extra"])
     _assert_clean_failure(res, tmp_path, before)
@@ -146,6 +153,20 @@ def test_apply_with_a_bad_model(tmp_path, small_png):
     before = sorted(p.name for p in tmp_path.iterdir())
     _assert_clean_failure(_invoke("apply", bad, small_png), tmp_path, before)
     _assert_clean_failure(_invoke("apply", tmp_path / "none.onnx", small_png), tmp_path, before)
+
+
+def test_fp16_apply_without_cuda_names_the_flag_and_the_way_out(tmp_path, small_png,
+                                                                  quick_model):
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = _invoke("apply", quick_model, small_png, "--precision", "fp16")
+    _assert_clean_failure(res, tmp_path, before)
+    assert "--precision fp16: runs on onnxruntime's CUDA provider only" in res.output
+    assert "use fp32" in res.output
+    res = _invoke("apply", quick_model, small_png, "--provider", "cuda")
+    _assert_clean_failure(res, tmp_path, before)
+    assert "--provider cuda:" in res.output and "onnxruntime-gpu" in res.output
 
 
 def test_parameter_errors_are_worded_as_flags(tmp_path, small_png):

@@ -36,6 +36,19 @@ def test_default_recipe_is_fast_and_uses_v2_presets():
     assert c.noise == make_config("v2", "confocal").noise
 
 
+def test_views_two_for_fast_one_for_the_published_recipes_and_validated():
+    from fm2s.errors import ParameterError
+    from fm2s.recipes import config_for
+
+    assert make_config("fast").views == 2
+    assert make_config("paper").views == make_config("v2").views == 1
+    assert config_for("fast", "confocal", 0, 1, views=4).views == 4
+    with pytest.raises(ParameterError, match="choose 1, 2 or 4"):
+        config_for("fast", "confocal", 0, 1, views=3)
+    with pytest.raises(ValueError):
+        make_config(views=0)
+
+
 @pytest.mark.parametrize("kwargs", [
     dict(recipe="nope"), dict(microscope="electron"), dict(seed=-1),
     dict(samples=0), dict(kernels=(4, 3, 3)), dict(lr=0.0), dict(crop=-2),
