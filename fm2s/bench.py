@@ -167,8 +167,19 @@ def _gpu_memory_mb() -> float | None:
 
 
 def _peak_rss_mb() -> tuple[float, float]:
-    """Peak RSS of this process and of its largest finished child, in MB."""
+    """Peak RSS of this process and of its largest finished child (worker processes), MB.
+
+    This process's own peak is its memory map's high-water mark (``VmHWM``), which starts
+    afresh at exec; ``ru_maxrss`` would include the parent's memory at the fork. The
+    children's figure is ``ru_maxrss`` (an upper bound: it includes what they inherit).
+    """
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                own = int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return own, children
 

@@ -81,6 +81,14 @@ def check_cluster_options(scheduler: str | None, workers: int | None) -> None:
                              "tcp://10.0.0.5:8786")
 
 
+#: local cluster settings: workers may start processes; quiet logs; no statistical profiler
+#: sampling every thread's stack 100 times a second, no GIL monitor (a few percent of the
+#: cores of a compute-bound worker, measured in benchmarks/RESULTS.md)
+WORKER_CONFIG = {"distributed.worker.daemon": False, "logging.distributed": "error",
+                 "distributed.worker.profile.enabled": False,
+                 "distributed.admin.system-monitor.gil.enabled": False}
+
+
 @contextmanager
 def runner(scheduler: str | None = None, workers: int | None = None) -> Iterator[Runner]:
     """A :class:`Runner` for ``--scheduler ADDRESS``, ``--workers N`` or neither.
@@ -108,7 +116,7 @@ def runner(scheduler: str | None = None, workers: int | None = None) -> Iterator
         finally:
             client.close()
         return
-    with dask.config.set({"distributed.worker.daemon": False, "logging.distributed": "error"}):
+    with dask.config.set(WORKER_CONFIG):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                dashboard_address=None, silence_logs=50)
     try:

@@ -57,17 +57,23 @@ def tiles_in(shape: tuple[int, int], tile: int) -> int:
     return -(-shape[0] // tile) * -(-shape[1] // tile)
 
 
-def block_chunks(shape: tuple[int, ...], tile: int, halo: int,
-                 chunk: int = WRITE_CHUNK) -> tuple[tuple[int, ...], ...]:
+#: the smallest block side: a task reads, denoises and writes at least this much of a plane
+#: (fewer tasks and fewer halos to exchange between them; benchmarks/RESULTS.md)
+BLOCK_SIDE = 2048
+
+
+def block_chunks(shape: tuple[int, ...], tile: int, halo: int, chunk: int = WRITE_CHUNK,
+                 block: int = BLOCK_SIDE) -> tuple[tuple[int, ...], ...]:
     """Dask chunks for tiled inference: one plane deep, YX blocks made of whole output chunks.
 
-    A block is the smallest multiple of the output chunk that holds a tile, so blocks
-    never share an output chunk; a last block thinner than the halo joins its neighbour.
+    A block is the smallest multiple of the output chunk that holds a tile and
+    ``block`` pixels, so blocks never share an output chunk; a last block thinner than
+    the halo joins its neighbour.
     """
     chunks: list[tuple[int, ...]] = [(1,) * n for n in shape[:-2]]
     for n in shape[-2:]:
         c = min(n, chunk)
-        side = c * max(1, -(-min(tile, n) // c))
+        side = c * max(1, -(-min(max(tile, block), n) // c))
         sizes = [side] * (n // side) + ([n % side] if n % side else [])
         if len(sizes) > 1 and sizes[-1] < max(halo, 1):
             sizes[-2:] = [sizes[-2] + sizes[-1]]
@@ -140,7 +146,8 @@ def _denoise_block(block: np.ndarray, models: tuple[bytes, ...], provider: str, 
 def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int = DEFAULT_TILE,
                   c_axis: int | None = None, dtype: np.dtype | None = None,
                   provider: str = "cpu", chunk: int = WRITE_CHUNK,
-                  maps: np.ndarray | None = None, precision: str = "fp32") -> da.Array:
+                  maps: np.ndarray | None = None, precision: str = "fp32",
+                  block: int = BLOCK_SIDE) -> da.Array:
     """Lazily denoise every YX plane of ``data`` with ONNX models, tile by tile.
 
     Parameters
@@ -179,7 +186,7 @@ def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int 
     if maps is not None and maps.shape != data.shape[:-2] + (4,):
         raise ValueError(f"maps of shape {maps.shape} do not fit data of shape {data.shape}")
     dtype = np.dtype(dtype or data.dtype)
-    data = data.rechunk(block_chunks(data.shape, tile, halo, chunk))
+    data = data.rechunk(block_chunks(data.shape, tile, halo, chunk, block))
     depth = {data.ndim - 2: halo, data.ndim - 1: halo}
     return data.map_overlap(
         _denoise_block, depth=depth, boundary="none", allow_rechunk=False, dtype=dtype,

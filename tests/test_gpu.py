@@ -15,10 +15,38 @@ def test_cuda_provider_tiles_equal_the_whole_plane(quick_model, stack_uint16):
     assert runtime.provider == "CUDAExecutionProvider"
     data = stack_uint16[:, :, 0]
     got = denoise_array(da.from_array(data, chunks=(1, 1, 40, 50)), [runtime.data],
-                        runtime.halo, tile=32, chunk=48, dtype=np.float32,
+                        runtime.halo, tile=32, chunk=48, dtype=np.float32, block=0,
                         provider="cuda").compute(scheduler="threads")
     whole = runtime(data.reshape(-1, 75, 133).astype(np.float32)).reshape(data.shape)
-    np.testing.assert_allclose(got, whole, rtol=0, atol=1e-3)
+    # cuDNN may choose another algorithm per tile shape: float rounding, no more
+    np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-3)
+
+
+def test_fp16_on_cuda_is_float16_rounding_of_fp32(quick_model, stack_uint16):
+    from fm2s.runtime import OnnxDenoiser
+
+    fp32 = OnnxDenoiser(quick_model, provider="cuda")
+    fp16 = OnnxDenoiser(quick_model, provider="cuda", precision="fp16")
+    planes = stack_uint16[0, 0].astype(np.float32)
+    a, b = fp32(planes), fp16(planes)
+    assert b.dtype == np.float32 and b.shape == a.shape
+    span = fp32.reference[1] - fp32.reference[0]
+    assert np.abs(a - b).max() <= 2e-3 * span
+
+
+def test_cuda_apply_job_matches_the_cpu(tmp_path, quick_model, stack_uint16):
+    from conftest import write_ngff
+
+    from fm2s.jobs import apply
+    from fm2s.readers import open_image
+
+    src = write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5")
+    cpu = apply(quick_model, src, tmp_path / "cpu.ome.zarr", provider="cpu")
+    gpu = apply(quick_model, src, tmp_path / "gpu.ome.zarr", provider="cuda", tile=48)
+    assert gpu.provider == "cuda" and cpu.voxels == gpu.voxels
+    a = np.asarray(open_image(cpu.output).data, np.int64)
+    b = np.asarray(open_image(gpu.output).data, np.int64)
+    assert np.abs(a - b).max() <= 1  # float rounding may flip a rounding to integers
 
 
 def test_cuda_training_denoises(noisy_and_truth):

@@ -251,7 +251,7 @@ def test_progress_weights_cover_every_voxel_once(quick_model, stack_uint16):
     from fm2s.tiling import denoise_array
 
     lazy = denoise_array(da.from_array(stack_uint16), [quick_model.read_bytes()], 5, tile=64,
-                         chunk=48)
+                         chunk=48, block=0)
     tiles, voxels = _block_weights(lazy, 64)
     assert len(tiles) == len(lazy.to_delayed().ravel()) == lazy.npartitions
     assert sum(voxels) == stack_uint16.size

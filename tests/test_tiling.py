@@ -54,16 +54,19 @@ def test_a_halo_too_small_changes_the_result(runtime, stack_uint16):
     assert not np.array_equal(tiled(planes, runtime, 16, runtime.halo - 1), runtime(planes))
 
 
+@pytest.mark.parametrize("block", [0, 100, 2048])
 @pytest.mark.parametrize("shape,tile,chunk", [((2, 75, 133), 64, 32), ((3, 1030, 70), 512, 1024),
-                                              ((1, 1027, 9), 4096, 1024), ((5, 40), 7, 16)])
-def test_blocks_are_whole_output_chunks(shape, tile, chunk):
-    chunks = block_chunks(shape, tile, 5, chunk)
+                                              ((1, 1027, 9), 4096, 1024), ((5, 40), 7, 16),
+                                              ((1, 5000, 4100), 512, 1024)])
+def test_blocks_are_whole_output_chunks(shape, tile, chunk, block):
+    chunks = block_chunks(shape, tile, 5, chunk, block)
     assert all(c == (1,) * n for c, n in zip(chunks[:-2], shape[:-2]))
     for sizes, n in zip(chunks[-2:], shape[-2:]):
         assert sum(sizes) == n
         starts = np.cumsum((0,) + sizes[:-1])
         assert all(s % min(n, chunk) == 0 for s in starts)  # blocks start on chunk boundaries
         assert min(sizes) >= 5 or len(sizes) == 1  # never thinner than the halo
+        assert max(sizes) >= min(n, tile, block) or len(sizes) == 1
 
 
 @pytest.mark.parametrize("in_chunks", [(1, 2, 40, 50), (2, 1, 75, 133), (1, 1, 17, 19)])
@@ -72,7 +75,8 @@ def test_dask_result_equals_whole_plane_for_odd_chunks(runtime, quick_model, sta
     data = stack_uint16[:, :, 0]  # (t, c, y, x) = (2, 2, 75, 133)
     model = quick_model.read_bytes()
     lazy = denoise_array(da.from_array(data, chunks=in_chunks), [model], runtime.halo, tile=32,
-                         chunk=48)
+                         chunk=48, block=0)
+    assert len(lazy.chunks[-1]) > 1  # several blocks per plane, halos between them
     got = lazy.compute(scheduler="threads")
     expect = np.clip(np.rint(runtime(data.reshape(-1, 75, 133).astype(np.float32))), 0, 65535)
     assert got.dtype == np.uint16
@@ -108,7 +112,7 @@ def test_planes_outside_the_range_are_mapped_the_same_for_any_tiling(runtime, st
     assert maps[1, 0] < 1 and tuple(maps[2, :2]) == (1.0, 0.0)  # scaled vs brighter spots
     assert maps[2, 3] == data[2].max() > runtime.reference[1]  # clamp widened to the plane
     got = denoise_array(lazy, [runtime.data], runtime.halo, tile=16, chunk=24,
-                        dtype=np.float32, maps=maps).compute(scheduler="threads")
+                        dtype=np.float32, maps=maps, block=0).compute(scheduler="threads")
     for i, (a, b, lo, hi) in enumerate(maps):
         a, b = np.float32(a), np.float32(b)
         x = data[i] * a + b if (a, b) != (1, 0) else data[i]
