@@ -28,7 +28,7 @@ import numpy as np
 from ._version import __version__
 from .errors import FM2SError, ParameterError
 from .pixels import MIN_SIDE
-from .recipes import DEFAULT_MICROSCOPE, DEFAULT_RECIPE, DEFAULT_TILE, make_config
+from .recipes import DEFAULT_MICROSCOPE, DEFAULT_RECIPE, default_tile, make_config
 from .runtime import PRECISIONS, PROVIDERS, OnnxDenoiser, _ort, check_precision
 
 MODES = ("session", "session-iobinding", "pipeline", "torch")
@@ -53,7 +53,8 @@ class BenchConfig:
     shape
         T, Z, Y, X of the pipeline's synthetic uint16 OME-Zarr.
     tile
-        Tile side of the session calls and of the pipeline.
+        Tile side of the session calls and of the pipeline (None: the provider's default,
+        as ``apply`` takes it).
     workers
         Pipeline on a local dask cluster of this many single-threaded worker processes
         (None: local threads).
@@ -71,7 +72,7 @@ class BenchConfig:
     providers: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ("fp32",)
     shape: tuple[int, int, int, int] = DEFAULT_SHAPE
-    tile: int = DEFAULT_TILE
+    tile: int | None = None
     workers: int | None = None
     repeats: int = 3
     modes: tuple[str, ...] = MODES
@@ -97,7 +98,7 @@ class BenchConfig:
         if len(self.shape) != 4 or min(self.shape) < 1 or min(self.shape[-2:]) < MIN_SIDE:
             raise ParameterError("shape", ",".join(map(str, self.shape)), "give T,Z,Y,X with "
                                  f"Y and X at least {MIN_SIDE}")
-        if self.tile < MIN_SIDE:
+        if self.tile is not None and self.tile < MIN_SIDE:
             raise ParameterError("tile", self.tile, f"give at least {MIN_SIDE}")
         if self.workers is not None and self.workers < 1:
             raise ParameterError("workers", self.workers, "give a positive number")
@@ -273,10 +274,11 @@ def _tile_input(tile: int, seed: int) -> np.ndarray:
 def _measure(mode: str, provider: str, precision: str, model: bytes, cfg: BenchConfig,
              volume: str | None) -> dict:
     """One measurement, in its own process."""
-    record = {"provider": provider, "precision": precision, "mode": mode, "tile": cfg.tile}
+    tile = cfg.tile or default_tile(provider)
+    record = {"provider": provider, "precision": precision, "mode": mode, "tile": tile}
     if mode in ("session", "session-iobinding"):
         runtime = OnnxDenoiser(model, provider=provider, precision=precision)
-        x = _tile_input(cfg.tile, cfg.seed)
+        x = _tile_input(tile, cfg.seed)
         if mode == "session":
             rates = _time_calls(lambda: runtime(x[0, 0]), x.size, cfg.repeats)
         else:
@@ -293,7 +295,7 @@ def _measure(mode: str, provider: str, precision: str, model: bytes, cfg: BenchC
             rates = _time_calls(call, x.size, cfg.repeats)
         record["threads"] = os.cpu_count() if provider == "cpu" else None
     elif mode == "torch":
-        rates = _torch_rates(model, provider, precision, cfg)
+        rates = _torch_rates(model, provider, precision, cfg, tile)
     else:
         rates = _pipeline_rates(model, provider, precision, cfg, volume)
         record["shape"] = list(cfg.shape)
@@ -306,7 +308,8 @@ def _measure(mode: str, provider: str, precision: str, model: bytes, cfg: BenchC
     return record
 
 
-def _torch_rates(model: bytes, provider: str, precision: str, cfg: BenchConfig) -> list[float]:
+def _torch_rates(model: bytes, provider: str, precision: str, cfg: BenchConfig,
+                 tile: int) -> list[float]:
     import torch
 
     from .export import Denoiser
@@ -319,7 +322,7 @@ def _torch_rates(model: bytes, provider: str, precision: str, cfg: BenchConfig) 
     den = Denoiser(net, Normalization(float(OFFSET), float(2 * PHOTONS)), views=config.views)
     device = torch.device("cuda" if provider == "cuda" else "cpu")
     den = den.to(device).eval()
-    x = torch.from_numpy(_tile_input(cfg.tile, cfg.seed)).to(device)
+    x = torch.from_numpy(_tile_input(tile, cfg.seed)).to(device)
     dtype = torch.float16 if precision == "fp16" else torch.float32
 
     def call():

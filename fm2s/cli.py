@@ -15,7 +15,6 @@ from .errors import FM2SError, ParameterError
 from .recipes import (
     DEFAULT_MICROSCOPE,
     DEFAULT_RECIPE,
-    DEFAULT_TILE,
     DEFAULT_TRAIN_PLANES,
     MICROSCOPES,
     RECIPES,
@@ -95,8 +94,9 @@ OutPath = Annotated[Path | None, typer.Option(
     "(volumes: an OME-Zarr, e.g. stack.fm2s.ome.zarr).", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
-Tile = Annotated[int, typer.Option(help="Tile side in pixels of one onnxruntime call (volumes); "
-                                   "the result does not depend on it.")]
+Tile = Annotated[int | None, typer.Option(
+    help="Tile side in pixels of one onnxruntime call; the result does not depend on it. "
+    "Default: 512 on the CPU, 2048 on CUDA.", show_default=False)]
 Workers = Annotated[int | None, typer.Option(
     help="Run on a local dask cluster of N worker processes (volumes).", show_default=False)]
 Scheduler = Annotated[str | None, typer.Option(
@@ -199,7 +199,7 @@ def train_and_apply_cmd(
     train_planes: Annotated[int, typer.Option(
         min=1, help="Planes each channel's model trains on (spread evenly over t and z); the "
         "training time does not depend on it.")] = DEFAULT_TRAIN_PLANES,
-    tile: Tile = DEFAULT_TILE,
+    tile: Tile = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
     dtype: DtypeOpt = Dtype["input"],
@@ -237,7 +237,7 @@ def apply_cmd(
     output: OutPath = None,
     provider: Annotated[Device, typer.Option(help="onnxruntime execution provider.")] = Device[
         "auto"],
-    tile: Tile = DEFAULT_TILE,
+    tile: Tile = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
     dtype: DtypeOpt = Dtype["input"],
@@ -301,7 +301,7 @@ def bench_cmd(
     shape: Annotated[str, typer.Option(
         help="T,Z,Y,X of the synthetic uint16 OME-Zarr the pipeline denoises.")] = ",".join(
         map(str, (1, 16, 2048, 2048))),
-    tile: Tile = DEFAULT_TILE,
+    tile: Tile = None,
     workers: Workers = None,
     repeats: Annotated[int, typer.Option(help="Timed runs per measurement; the median is "
                                          "reported.")] = 3,

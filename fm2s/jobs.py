@@ -30,10 +30,12 @@ from .recipes import (
     DEFAULT_MICROSCOPE,
     DEFAULT_RECIPE,
     DEFAULT_TILE,
+    DEFAULT_TILE_CUDA,
     DEFAULT_TRAIN_PLANES,
     config_for,
+    default_tile,
 )
-from .runtime import OnnxDenoiser, check_precision
+from .runtime import OnnxDenoiser, check_precision, resolve_provider
 from .tiling import denoise_array, plane_maps, plane_stats, tiles_in, write_tasks
 from .writers import OutputImage, check_new_path, default_output, downsample, output_kind
 
@@ -169,10 +171,14 @@ def _check_output(image: Image, output: str | Path | None, overwrite: bool,
     return check_new_path(path, overwrite, "output", folder=kind is None), kind
 
 
-def _check_tile(tile: int) -> None:
+def _check_tile(tile: int | None, provider: str) -> int:
+    """The tile side: ``tile``, or the provider's default (resolved here)."""
+    if tile is None:
+        return default_tile(resolve_provider(provider))
     if tile < MIN_SIDE:
         raise ParameterError("tile", tile, f"too small: give at least {MIN_SIDE} (default "
-                             f"{DEFAULT_TILE})")
+                             f"{DEFAULT_TILE} on the CPU, {DEFAULT_TILE_CUDA} on CUDA)")
+    return tile
 
 
 def _block_weights(array: da.Array, tile: int) -> tuple[list[int], list[int]]:
@@ -282,7 +288,7 @@ def _finish(image: Image, output: Path, kind, dtype: np.dtype, stats: np.ndarray
 def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     recipe: str = DEFAULT_RECIPE, microscope: str = DEFAULT_MICROSCOPE,
                     device: str = "auto", seed: int = 0,
-                    train_planes: int = DEFAULT_TRAIN_PLANES, tile: int = DEFAULT_TILE,
+                    train_planes: int = DEFAULT_TRAIN_PLANES, tile: int | None = None,
                     scheduler: str | None = None, workers: int | None = None,
                     dtype: str | None = None, save_model: str | Path | None = None,
                     overwrite: bool = False, axes: str | None = None, ngff: str | None = None,
@@ -308,7 +314,8 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     dtype_out = _out_dtype(image, dtype)
     output, kind = _check_output(image, output, overwrite, dtype_out)
     paths = model_paths(save_model, image.channels, overwrite)
-    _check_tile(tile)
+    if tile is not None:
+        _check_tile(tile, "cpu")
     training_planes(1, train_planes)
     check_cluster_options(scheduler, workers)
     check_precision(precision)
@@ -341,13 +348,14 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                 "training_planes": index, "steps": config.total_steps,
                 "train_seconds": round(model.seconds, 3), "device": model.device})
         provider = "cpu" if devices == {"cpu"} and precision == "fp32" else "auto"
+        tile = _check_tile(tile, provider)
         return _finish(image, output, kind, dtype_out, stats, models, references,
                        model.halo, records, tile, provider, precision, run, progress, command,
                        overwrite)
 
 
 def apply(model: str | Path, source: str | Path, output: str | Path | None = None, *,
-          provider: str = "auto", tile: int = DEFAULT_TILE, scheduler: str | None = None,
+          provider: str = "auto", tile: int | None = None, scheduler: str | None = None,
           workers: int | None = None, dtype: str | None = None, overwrite: bool = False,
           axes: str | None = None, ngff: str | None = None, precision: str = "fp32",
           command: str | None = None, progress: ProgressDisplay | None = None) -> RunReport:
@@ -360,9 +368,9 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
     image = open_image(source, axes, ngff)
     dtype_out = _out_dtype(image, dtype)
     output, kind = _check_output(image, output, overwrite, dtype_out)
-    _check_tile(tile)
     check_cluster_options(scheduler, workers)
     check_precision(precision, provider)
+    tile = _check_tile(tile, provider)
     paths = resolve_models(model, image.channels)
     runtimes = [OnnxDenoiser(p, provider="cpu") for p in paths]
     records = [{"model_sha256": r.sha256, "model_file": str(p),

@@ -247,6 +247,14 @@ __all__ = ["NoiseModel", "TrainConfig", "make_config", "with_noise", "RECIPES", 
 # benchmarks/memory.py).
 DEFAULT_TRAIN_PLANES = 8
 DEFAULT_TILE = 512
+#: on a GPU one call of 512 x 512 pixels is too short to keep it busy (not measured yet:
+#: benchmarks/RESULTS.md, GPU); 2048 x 2048 with the default network needs about 1 GB
+DEFAULT_TILE_CUDA = 2048
+
+
+def default_tile(provider: str) -> int:
+    """The default ``--tile`` for a resolved provider (``cpu`` or ``cuda``)."""
+    return DEFAULT_TILE_CUDA if provider == "cuda" else DEFAULT_TILE
 WRITE_CHUNK = 1024
 # A model that serves more than one plane (a channel of a stack) is a small part of its
 # run, so there the default recipe draws twice its noisy samples (a constant: the cost

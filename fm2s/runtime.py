@@ -57,6 +57,12 @@ def choose_providers(provider: str = "auto") -> list[str]:
 HALF_OPS = frozenset({"Conv", "LeakyRelu", "Concat"})
 
 
+def resolve_provider(provider: str = "auto") -> str:
+    """``cpu`` or ``cuda``: where a session of ``provider`` runs here."""
+    first = choose_providers(provider)[0]
+    return "cuda" if isinstance(first, tuple) else "cpu"
+
+
 def half_precision(model: bytes) -> bytes:
     """``model`` with its network (convolutions, activations) in float16.
 
