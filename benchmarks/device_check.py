@@ -100,9 +100,10 @@ def tiling_step(out: Path, provider: str) -> None:
                                "tiles": rows})
 
 
-def bench_step(out: Path, provider: str, shape: str, tile: int, timeout: float) -> None:
+def bench_step(out: Path, provider: str, shape: str, tile: int, timeout: float,
+               repeats: int = 3) -> None:
     args = ["bench", "--providers", provider, "--shape", shape, "--tile", str(tile),
-            "--json", str(out / "bench.json"), "--quiet"]
+            "--repeats", str(repeats), "--json", str(out / "bench.json"), "--quiet"]
     args += ["--precision", "fp32,fp16" if provider == "cuda" else "fp32"]
     try:
         import matplotlib  # noqa: F401
@@ -202,7 +203,8 @@ def main() -> None:
     steps = [("env", lambda: env_step(args.out)),
              ("gpu tests", lambda: tests_step(args.out, left(0.2))),
              ("tiling", lambda: tiling_step(args.out, provider)),
-             ("bench", lambda: bench_step(args.out, provider, shape, tile, left(0.4))),
+             ("bench", lambda: bench_step(args.out, provider, shape, tile, left(0.4),
+                                          1 if args.cpu else 3)),
              ("train", lambda: train_step(args.out, provider, args.cpu, left(1.0)))]
     for name, step in steps:
         print(f"== {name} ({time.perf_counter() - start:.0f} s)", flush=True)

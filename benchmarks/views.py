@@ -26,6 +26,7 @@ from PIL import Image
 
 from fm2s.export import multiply_adds
 from fm2s.model import train_model
+from fm2s.network import FM2SNet
 from fm2s.recipes import config_for
 
 #: variant -> flips (dims of N x C x H x W) averaged
@@ -66,11 +67,12 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
                                   for k, v in row.items()}), flush=True)
-    net = model.net
-    cost = {"1 view": multiply_adds(net, 1), "4 views": multiply_adds(net, 4)}
-    print(f"\nmultiply-adds per pixel: 1 view {cost['1 view']}, 2 views {2 * cost['1 view']}, "
-          f"4 views {cost['4 views']} (4 views before folding the repeat: "
-          f"{multiply_adds(net, 4, folded=False)})")
+    for amp, which in ((2, "confocal, two-photon"), (1, "wide-field")):
+        net = FM2SNet(amp, *config_for("fast", "confocal", 0, 1).kernels)
+        print(f"multiply-adds per pixel ({which}, amplification {amp}): 1 view "
+              f"{multiply_adds(net, 1)}, 2 views {multiply_adds(net, 2)}, 4 views "
+              f"{multiply_adds(net, 4)}; 4 views before folding the repeat "
+              f"{multiply_adds(net, 4, folded=False)}")
     print("difference to 4 views, dB (mean / worst run):")
     summary = {}
     for name in VARIANTS:
