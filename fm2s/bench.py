@@ -403,7 +403,7 @@ def bench(config: BenchConfig, say: Callable[[str], None] | None = None) -> Benc
                             and r["provider"] == rec["provider"]
                             and r["precision"] == rec["precision"]), None)
             if session:
-                rec["pipeline_over_session"] = round(rec["mvox_s"] / session["mvox_s"], 3)
+                rec["pipeline_over_session"] = round(rec["mvox_s"] / session["mvox_s"], 4)
     return report
 
 

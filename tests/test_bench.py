@@ -79,8 +79,8 @@ def test_cpu_bench_writes_records_json_and_plot(tmp_path):
     pipeline = next(r for r in records if r["mode"] == "pipeline")
     session = next(r for r in records if r["mode"] == "session")
     assert pipeline["pipeline_over_session"] == pytest.approx(
-        pipeline["mvox_s"] / session["mvox_s"], rel=1e-2)
-    assert "pipeline/session" in res.output and "AMD" in res.output or "cores" in res.output
+        pipeline["mvox_s"] / session["mvox_s"], abs=1e-3)
+    assert "pipeline/session" in res.output and " cores" in res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     from PIL import Image
 
