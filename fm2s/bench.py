@@ -185,9 +185,9 @@ def _peak_rss_mb() -> tuple[float, float]:
     return own, children
 
 
-def untrained_model(recipe: str, seed: int) -> bytes:
-    """An ONNX model of ``recipe``'s network with seeded random weights, normalized for
-    the synthetic volume (needs torch)."""
+def _untrained(recipe: str, seed: int):
+    """A :class:`~fm2s.model.TrainedModel` of ``recipe``'s network with seeded random
+    weights, normalized for the synthetic volume (needs torch)."""
     try:
         import torch
 
@@ -201,9 +201,13 @@ def untrained_model(recipe: str, seed: int) -> bytes:
     torch.manual_seed(seed)
     net = FM2SNet(config.noise.amplification, *config.kernels)
     lo, hi = OFFSET, OFFSET + 2 * PHOTONS
-    model = TrainedModel(net, Normalization(float(lo), float(hi - lo)), config,
-                         (float(lo), float(hi)), 0.0, "cpu")
-    return model.to_bytes()
+    return TrainedModel(net, Normalization(float(lo), float(hi - lo)), config,
+                        (float(lo), float(hi)), 0.0, "cpu")
+
+
+def untrained_model(recipe: str, seed: int) -> bytes:
+    """The ONNX model of :func:`_untrained` (throughput does not depend on the weights)."""
+    return _untrained(recipe, seed).to_bytes()
 
 
 def _synthetic_plane(block_info: dict | None = None, base=None, seed: int = 0) -> np.ndarray:
@@ -313,13 +317,9 @@ def _torch_rates(model: bytes, provider: str, precision: str, cfg: BenchConfig,
     import torch
 
     from .export import Denoiser
-    from .network import FM2SNet
-    from .normalize import Normalization
 
-    config = make_config(cfg.recipe, DEFAULT_MICROSCOPE, seed=cfg.seed)
-    torch.manual_seed(cfg.seed)
-    net = FM2SNet(config.noise.amplification, *config.kernels)
-    den = Denoiser(net, Normalization(float(OFFSET), float(2 * PHOTONS)), views=config.views)
+    net = _untrained(cfg.recipe, cfg.seed)  # the same network the session runs by default
+    den = Denoiser(net.net, net.normalization, views=net.config.views)
     device = torch.device("cuda" if provider == "cuda" else "cpu")
     den = den.to(device).eval()
     x = torch.from_numpy(_tile_input(tile, cfg.seed)).to(device)
