@@ -44,7 +44,7 @@ def make_volume(path: Path, planes: int, side: int, seed: int = 0) -> np.ndarray
           "datasets": [{"path": "0", "coordinateTransformations": [
               {"type": "scale", "scale": [0.5, 0.1, 0.1]}]}]}
     volume = Image(data, "zyx", "synthetic", "synthetic", V05, ms, [data.shape])
-    out = OutputImage(path, volume, np.uint16)
+    out = OutputImage(path, volume, np.uint16).create(resumable=False)
     da.store(data, out.arrays[0], lock=False, scheduler="threads")
     out.commit({"benchmark": "memory"})
     return base

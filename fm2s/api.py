@@ -99,6 +99,9 @@ def apply(model: TrainedModel | OnnxDenoiser | str | Path | bytes, image: np.nda
     provider = provider or "auto"
     data = da.from_array(image, chunks=(1,) * (image.ndim - 2) + image.shape[-2:])
     stats = plane_stats(data).compute(scheduler="threads")
+    if not np.all(np.isfinite(stats)):  # as train() and the jobs: NaN would spread
+        raise FM2SError("the image holds NaN or infinite pixels: replace them before "
+                        "denoising")
     maps = plane_maps(stats, [model.reference])
     out = denoise_array(data, [model.data], model.halo, tile, None,
                         np.dtype(dtype) if dtype is not None else image.dtype, provider,

@@ -241,7 +241,7 @@ def write_volume(path: Path, shape: tuple[int, int, int, int], seed: int = 0) ->
         "datasets": [{"path": str(i), "coordinateTransformations": [
             {"type": "scale", "scale": [1.0, 1.0, 0.1 * 2**i, 0.1 * 2**i]}]} for i in range(2)]}
     image = Image(data, "tzyx", "synthetic", "synthetic", V05, ms, levels)
-    out = OutputImage(path, image, np.dtype(np.uint16))
+    out = OutputImage(path, image, np.dtype(np.uint16)).create(resumable=False)
     try:
         level0 = data.rechunk(out.arrays[0].chunks)
         da.compute(*write_tasks(level0, out.arrays[0]), scheduler="threads")

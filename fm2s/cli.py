@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -41,10 +42,36 @@ def flag_message(exc: FM2SError) -> str:
         else f"{flag}: {exc.problem}"
 
 
+def _on_sigterm():
+    """Make SIGTERM stop a run as Ctrl-C does (:class:`fm2s.runs.Interrupted`); returns the
+    handler it replaced (None where handlers cannot be set: not the main thread)."""
+    from .runs import Interrupted
+
+    def stop(signum, frame):
+        raise Interrupted("", "SIGTERM")
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:
+        return None
+
+
+class _Stopped(Exception):
+    """A KeyboardInterrupt (SIGINT, SIGTERM) carried past typer, which would turn it into a
+    silent exit code."""
+
+
 class _OneLineErrors(TyperGroup):
     """Report bad input as one line on stderr, without a traceback."""
 
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Stopped(exc) from None
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        previous = _on_sigterm()
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var,
                               standalone_mode=False, **extra)
@@ -57,14 +84,20 @@ class _OneLineErrors(TyperGroup):
             message = exc.format_message() if isinstance(exc, _CLIError) else flag_message(exc)
             typer.echo(f"error: {_one_line(message)}", err=True)
             code = 1
-        except (typer.Abort, KeyboardInterrupt):
-            typer.echo("interrupted: no output was written", err=True)
-            code = 130
+        except (typer.Abort, KeyboardInterrupt, _Stopped) as exc:
+            exc = exc.args[0] if isinstance(exc, _Stopped) else exc
+            text = str(exc) if isinstance(exc, KeyboardInterrupt) else ""
+            typer.echo(f"interrupted: {text or 'stopped before any output was written'}",
+                       err=True)
+            code = 143 if getattr(exc, "signal_name", "") == "SIGTERM" else 130
         except OSError as exc:
             typer.echo(f"error: {exc.strerror or exc} ({exc.filename or 'file'})", err=True)
             code = 1
         else:
             code = rv if isinstance(rv, int) else 0
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         if standalone_mode:
             sys.exit(code)
         return code
@@ -94,6 +127,9 @@ OutPath = Annotated[Path | None, typer.Option(
     "(volumes: an OME-Zarr, e.g. stack.fm2s.ome.zarr).", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Complete an unfinished output left by an interrupted run of the same "
+    "command (same input and options); start one if there is none.")]
 Tile = Annotated[int | None, typer.Option(
     help="Tile side in pixels of one onnxruntime call; the result does not depend on it. "
     "Default: 512 on the CPU, 2048 on CUDA.", show_default=False)]
@@ -146,6 +182,9 @@ def format_run(report) -> str:
     arith = "" if report.precision == "fp32" else f", {report.precision}"
     lines.append(f"  {report.tiles} tiles on {report.where} ({report.provider}{arith}) in "
                  f"{report.apply_seconds:.1f} s ({rate:.2f} Mvoxel/s)")
+    if report.resumed:
+        lines.append(f"  resumed: {report.chunks_before} chunk(s) were written before, "
+                     f"{report.chunks_written} now")
     lines += [f"warning: {w}" for w in report.warnings]
     return "\n".join(lines)
 
@@ -154,6 +193,18 @@ def format_info(report) -> str:
     """What ``info`` prints."""
     import math
 
+    if report.unfinished is not None:
+        run = report.unfinished
+        lines = [f"{report.source}: UNFINISHED fm2s-tile output (its run was interrupted; "
+                 "not an image yet)",
+                 f"  started {run.get('started')} by: {run.get('command') or '(the library)'}"]
+        lines += [f"  level {name}: {done} of {total} chunks written"
+                  for name, done, total in run["levels"]]
+        if run.get("models_kept"):
+            lines.append(f"  trained models kept: {run['models_kept']}")
+        lines.append("  complete it: rerun that command with --resume (or --overwrite to "
+                     "start over)")
+        return "\n".join(lines)
     image = report.image
     shape = image.data.shape
     chunks = " x ".join(str(c[0]) for c in image.data.chunks)
@@ -178,6 +229,10 @@ def format_info(report) -> str:
     lines.append(f"  channels: {image.channels}" + (f" ({', '.join(labels)})" if labels else "")
                  + f"; {planes} plane(s) of {shape[-2]} x {shape[-1]} per channel")
     lines += [f"  note: {n}" for n in image.notes]
+    if report.written_by is not None:
+        w = report.written_by
+        lines.append(f"  fm2s-tile output, complete: written {w.get('date')} by fm2s-tile "
+                     f"{w.get('fm2s_version')} from {w.get('source')}")
     lines.append(f"  train-and-apply: {image.channels} model(s), each trained on "
                  f"{report.train_planes} of {planes} planes; output {report.default_output}")
     return "\n".join(lines)
@@ -214,6 +269,7 @@ def train_and_apply_cmd(
     axes: Axes = None,
     ngff: NgffOpt = None,
     overwrite: Overwrite = False,
+    resume: Resume = False,
     quiet: Quiet = False,
 ) -> None:
     """Train FM2S on the input itself (one model per channel) and write it denoised."""
@@ -222,7 +278,7 @@ def train_and_apply_cmd(
     typer.echo(format_run(train_and_apply(
         image, output, recipe=recipe.value, microscope=microscope.value, device=device.value,
         seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,
-        dtype=dtype.value, save_model=save_model, overwrite=overwrite, axes=axes,
+        dtype=dtype.value, save_model=save_model, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, views=views,
         command=_command(), progress=_progress(quiet))))
 
@@ -245,6 +301,7 @@ def apply_cmd(
     axes: Axes = None,
     ngff: NgffOpt = None,
     overwrite: Overwrite = False,
+    resume: Resume = False,
     quiet: Quiet = False,
 ) -> None:
     """Denoise with saved model(s), no training (needs no torch)."""
@@ -252,7 +309,7 @@ def apply_cmd(
 
     typer.echo(format_run(apply(
         model, image, output, provider=provider.value, tile=tile, workers=workers,
-        scheduler=scheduler, dtype=dtype.value, overwrite=overwrite, axes=axes,
+        scheduler=scheduler, dtype=dtype.value, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, command=_command(),
         progress=_progress(quiet))))
 

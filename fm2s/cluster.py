@@ -4,6 +4,7 @@ or an existing dask.distributed cluster."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
@@ -43,19 +44,17 @@ class Runner:
         return dask.compute(collection, scheduler="threads", num_workers=self.threads)[0]
 
     def run(self, tasks: Sequence, done: Callable[[int], None] | None = None) -> list:
-        """Compute ``tasks`` (dask delayed objects); call ``done(i)`` as task ``i`` finishes."""
+        """Compute ``tasks`` (dask delayed objects); call ``done(i)`` as task ``i`` finishes.
+
+        On an error or an interrupt, tasks not started are cancelled and those running
+        are waited for before the exception goes on, so no task writes after it.
+        """
         if not tasks:
             return []
         if self.client is not None:
-            from distributed import as_completed
+            return self._run_distributed(tasks, done)
+        from concurrent.futures import ThreadPoolExecutor
 
-            futures = self.client.compute(list(tasks))
-            index = {f.key: i for i, f in enumerate(futures)}
-            for future in as_completed(futures):
-                future.result()  # raises the task's error here
-                if done is not None:
-                    done(index[future.key])
-            return [f.result() for f in futures]
         from dask.callbacks import Callback
 
         index = {t.key: i for i, t in enumerate(tasks)}
@@ -65,8 +64,41 @@ class Runner:
                 if done is not None and key in index:
                     done(index[key])
 
-        with _Done():
-            return list(dask.compute(*tasks, scheduler="threads", num_workers=self.threads))
+        pool = ThreadPoolExecutor(self.threads)
+        try:
+            with _Done():
+                return list(dask.compute(*tasks, scheduler="threads", pool=pool))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_distributed(self, tasks: Sequence, done: Callable[[int], None] | None) -> list:
+        from distributed import as_completed
+
+        futures = self.client.compute(list(tasks))
+        index = {f.key: i for i, f in enumerate(futures)}
+        try:
+            for future in as_completed(futures):
+                future.result()  # raises the task's error here
+                if done is not None:
+                    done(index[future.key])
+            return [f.result() for f in futures]
+        except BaseException:
+            self._stop(futures)
+            raise
+
+    def _stop(self, futures: list, timeout: float = 120.0) -> None:
+        """Cancel ``futures`` and wait (up to ``timeout`` s) until none of them runs."""
+        keys = {f.key for f in futures}
+        try:
+            self.client.cancel(futures)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                processing = self.client.processing()
+                if not any(k in keys for tasks in processing.values() for k in tasks):
+                    return
+                time.sleep(0.2)
+        except Exception:  # noqa: BLE001 - the cluster may be gone: nothing runs there then
+            return
 
 
 def check_cluster_options(scheduler: str | None, workers: int | None) -> None:
@@ -76,9 +108,45 @@ def check_cluster_options(scheduler: str | None, workers: int | None) -> None:
         raise ParameterError("scheduler", scheduler, "excludes workers: give one of the two")
     if workers is not None and workers < 1:
         raise ParameterError("workers", workers, "give a positive number of worker processes")
-    if scheduler is not None and "://" not in scheduler and ":" not in scheduler:
-        raise ParameterError("scheduler", scheduler, "give an address such as "
-                             "tcp://10.0.0.5:8786")
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
+
+
+#: the protocols of a dask scheduler address fm2s-tile connects with
+SCHEMES = ("tcp", "tls", "ws", "wss")
+_EXAMPLE = "give an address such as tcp://10.0.0.5:8786"
+
+
+def check_scheduler_address(address: str) -> None:
+    """Refuse a malformed dask scheduler address (``[PROTOCOL://]HOST:PORT``) before any
+    work: an unknown protocol, no host, a port that is not a number from 1 to 65535."""
+    def bad(problem: str) -> ParameterError:
+        return ParameterError("scheduler", address, f"{problem}: {_EXAMPLE}")
+
+    text = address.strip()
+    if not text:
+        raise bad("empty")
+    scheme, sep, location = text.partition("://")
+    if not sep:
+        scheme, location = "tcp", text
+    if scheme.lower() not in SCHEMES:
+        raise bad(f"unknown protocol '{scheme}' (fm2s-tile connects with "
+                  f"{', '.join(SCHEMES)})")
+    if location.startswith("["):  # an IPv6 address: [::1]:8786
+        host, close, rest = location[1:].partition("]")
+        if not close or not rest.startswith(":"):
+            raise bad("an IPv6 address in brackets needs a port after it, e.g. [::1]:8786")
+        port = rest[1:]
+    else:
+        host, colon, port = location.rpartition(":")
+        if not colon:
+            raise bad("no port")
+        if ":" in host:
+            raise bad("an IPv6 address needs brackets, e.g. tcp://[::1]:8786")
+    if not host or any(c.isspace() or c in "/?#@" for c in host):
+        raise bad("no host" if not host else f"'{host}' is not a host name")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise bad(f"port '{port}' is not a number from 1 to 65535" if port else "no port")
 
 
 #: local cluster settings: workers may start processes; quiet logs; no statistical profiler
@@ -87,6 +155,19 @@ def check_cluster_options(scheduler: str | None, workers: int | None) -> None:
 WORKER_CONFIG = {"distributed.worker.daemon": False, "logging.distributed": "error",
                  "distributed.worker.profile.enabled": False,
                  "distributed.admin.system-monitor.gil.enabled": False}
+
+
+#: how long connecting to a ``--scheduler`` may take
+CONNECT_TIMEOUT = "10s"
+
+
+def _unreachable(exc: Exception) -> str:
+    detail = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "ssl_context" in detail or "TLS" in detail:
+        fix = "configure TLS for dask (distributed.comm.tls) or use tcp://"
+    else:
+        fix = "check the address and that 'dask scheduler' runs there"
+    return f"cannot reach a dask scheduler there ({detail[:200]}): {fix}"
 
 
 @contextmanager
@@ -106,11 +187,9 @@ def runner(scheduler: str | None = None, workers: int | None = None) -> Iterator
         raise FM2SError("dask.distributed is not installed: pip install distributed") from None
     if scheduler:
         try:
-            client = Client(scheduler, timeout="10s")
-        except (OSError, TimeoutError, ValueError) as exc:
-            raise ParameterError("scheduler", scheduler, f"cannot reach a dask scheduler there "
-                                 f"({str(exc).splitlines()[0] if str(exc) else exc}): check "
-                                 "the address and that 'dask scheduler' runs there") from None
+            client = Client(scheduler, timeout=CONNECT_TIMEOUT)
+        except Exception as exc:  # distributed raises OSError, TimeoutError, TypeError, ...
+            raise ParameterError("scheduler", scheduler, _unreachable(exc)) from None
         try:
             yield Runner(client)
         finally:

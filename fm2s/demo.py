@@ -3,6 +3,7 @@ ground truth, denoised by ``train-and-apply``, scored against the truth."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,14 +58,16 @@ def write_sample(path: str | Path, seed: int = 0,
     for array, target in ((noisy, path), (truth, truth_path)):
         image = Image(da.from_array(array, chunks=(1, 1, 1, h, w)), "tczyx", "synthetic",
                       "synthetic", V05, ms, levels, omero=omero)
-        out = OutputImage(target, image, array.dtype)
+        if target.exists():  # overwrite (checked above)
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        out = OutputImage(target, image, array.dtype).create(resumable=False)
         try:
             with dask.config.set(scheduler="threads"):
                 da.store(image.data, out.arrays[0], lock=False)
                 da.store(downsample(da.from_zarr(out.arrays[0]), levels[1], array.dtype),
                          out.arrays[1], lock=False)
             out.commit({"fm2s_version": __version__, "synthetic_sample": {
-                "seed": seed, "what": "noisy" if target == path else "ground truth"}}, overwrite)
+                "seed": seed, "what": "noisy" if target == path else "ground truth"}})
         except BaseException:
             out.abort()
             raise

@@ -19,8 +19,10 @@ class NgffFormat:
         """The image metadata (``multiscales``, ``omero``) of a group's attributes."""
         return group_attrs.get("ome", {}) if self.zarr_format == 3 else group_attrs
 
-    def group_attrs(self, multiscale: dict, omero: dict | None) -> dict:
-        """Group attributes holding one multiscale (and channel metadata), validated."""
+    def group_attrs(self, multiscale: dict, omero: dict | None,
+                    source: str | None = None) -> dict:
+        """Group attributes holding one multiscale (and channel metadata), validated
+        (``source``: the input they come from, for the message of an invalid one)."""
         image: dict = {"multiscales": [multiscale]}
         if omero is not None:
             image["omero"] = omero
@@ -29,11 +31,12 @@ class NgffFormat:
             attrs = image
         else:
             attrs = {"ome": {"version": self.version, **image}}
-        self.validate(attrs)
+        self.validate(attrs, source)
         return attrs
 
-    def validate(self, attrs: dict) -> None:
-        """Check group attributes against the NGFF schema (ome-zarr-models)."""
+    def validate(self, attrs: dict, source: str | None = None) -> None:
+        """Check group attributes against the NGFF schema (ome-zarr-models); ``source``: the
+        input they come from (read, not yet written), for the message."""
         import pydantic
 
         if self.zarr_format == 2:
@@ -50,6 +53,10 @@ class NgffFormat:
         except pydantic.ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
+            if source is not None:
+                raise FM2SError(f"'{source}' has OME-Zarr metadata that is not valid NGFF "
+                                f"{self.version} ({where}: {first['msg']}): fix its metadata "
+                                "or convert the image") from None
             raise FM2SError(f"the input's OME-Zarr metadata cannot be written as NGFF "
                             f"{self.version} ({where}: {first['msg']}): fix the input's "
                             "metadata") from None

@@ -8,10 +8,16 @@ Training imports torch (lazily, in :func:`train_and_apply` only); :func:`apply` 
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import itertools
+import json
 import math
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,8 +41,26 @@ from .recipes import (
     config_for,
     default_tile,
 )
+from .runs import (
+    COMPLETE,
+    Interrupted,
+    RunLock,
+    leftovers,
+    read_state,
+    refuse_unfinished,
+    unfinished,
+    work_path,
+    write_atomic,
+)
 from .runtime import OnnxDenoiser, check_precision, resolve_provider
-from .tiling import denoise_array, plane_maps, plane_stats, tiles_in, write_tasks
+from .tiling import (
+    denoise_array,
+    pending_blocks,
+    plane_maps,
+    plane_stats,
+    tiles_in,
+    write_tasks,
+)
 from .writers import OutputImage, check_new_path, default_output, downsample, output_kind
 
 
@@ -90,6 +114,9 @@ class RunReport:
     provider: str
     precision: str = "fp32"
     warnings: list[str] = field(default_factory=list)
+    chunks_before: int = 0
+    chunks_written: int = 0
+    resumed: bool = False
 
     @property
     def voxels(self) -> int:
@@ -99,11 +126,18 @@ class RunReport:
 
 @dataclass(frozen=True)
 class InfoReport:
-    """What ``info`` found, and what ``train-and-apply`` would do with it."""
+    """What ``info`` found, and what ``train-and-apply`` would do with it.
 
-    image: Image
+    ``unfinished`` describes an output whose run was interrupted (then ``image`` is
+    None); ``written_by`` is the provenance of a complete fm2s-tile output.
+    """
+
+    image: Image | None
     train_planes: int
     default_output: str
+    source: str = ""
+    unfinished: dict | None = None
+    written_by: dict | None = None
 
 
 def training_planes(n_planes: int, k: int) -> list[int]:
@@ -158,8 +192,13 @@ def _out_dtype(image: Image, dtype: str | None) -> np.dtype:
     return np.dtype(np.float32)
 
 
-def _check_output(image: Image, output: str | Path | None, overwrite: bool,
+def _check_output(image: Image, output: str | Path | None, overwrite: bool, resume: bool,
                   dtype: np.dtype) -> tuple[Path, object]:
+    """The output path and kind; refuses an existing output unless ``overwrite``, or an
+    unfinished one (or none) with ``resume``. Writes nothing."""
+    if overwrite and resume:
+        raise ParameterError("resume", None, "excludes overwrite: resume continues an "
+                             "unfinished output, overwrite starts over")
     path = default_output(image) if output is None else Path(output).absolute()
     kind = output_kind(path, image, dtype)
     if not is_url(image.source):
@@ -168,7 +207,18 @@ def _check_output(image: Image, output: str | Path | None, overwrite: bool,
         if out == src or src in out.parents or out in src.parents:
             raise ParameterError("output", str(output or path), "it would overwrite or nest in "
                                  "the input: choose another output path")
-    return check_new_path(path, overwrite, "output", folder=kind is None), kind
+    plane_file = kind is not None
+    if unfinished(path, plane_file) is not None:
+        if not (resume or overwrite):
+            raise FM2SError(f"output '{path}' is unfinished (an earlier run was interrupted): "
+                            "rerun with --resume to complete it, or --overwrite to start over")
+        return path, kind
+    if resume and path.exists():
+        state = read_state(path) if not plane_file else {"state": COMPLETE}
+        if state is not None and state.get("state") == COMPLETE:
+            raise FM2SError(f"output '{path}' is complete already: nothing to resume (pass "
+                            "--overwrite instead to compute it again)")
+    return check_new_path(path, overwrite, "output", folder=not plane_file), kind
 
 
 def _check_tile(tile: int | None, provider: str) -> int:
@@ -210,44 +260,47 @@ def _per_channel(image: Image, values: np.ndarray, channel: int) -> np.ndarray:
     return values if c is None else np.take(values, channel, axis=c)
 
 
-def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int, output: Path,
-             kind, dtype: np.dtype, tile: int, provider: str, precision: str, run: Runner,
-             progress: ProgressDisplay, provenance: dict, overwrite: bool) -> tuple[int, float]:
-    """Denoise every plane, write level 0 and the pyramid, check, publish."""
+def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
+             out: OutputImage, tile: int, provider: str, precision: str, run: Runner,
+             progress: ProgressDisplay, provenance: dict) -> tuple[int, float]:
+    """Denoise every plane not written yet, write level 0 and the pyramid, check, commit."""
     c_axis = image.c_axis if len(models) > 1 else None
-    out = OutputImage(output, image, dtype, kind)
     start = time.perf_counter()
-    try:
-        denoised = denoise_array(image.data, models, halo, tile, c_axis, dtype, provider,
-                                 maps=maps, precision=precision)
-        tiles, voxels = _block_weights(denoised, tile)
-        run.run(write_tasks(denoised, out.arrays[0]), progress.tasks("denoising", tiles, voxels))
-        for level in range(1, len(out.arrays)):
-            source = da.from_zarr(out.arrays[level - 1])
-            small = downsample(source, image.level_shapes[level], dtype)
-            tasks = write_tasks(small, out.arrays[level])
-            sizes = [math.prod(shape) for shape in itertools.product(*small.chunks)]
-            run.run(tasks, progress.tasks(f"pyramid level {level}", [1] * len(tasks), sizes,
-                                          unit="chunks"))
-        seconds = time.perf_counter() - start
-        out.commit({**provenance, "tile": tile, "halo": halo, "dtype": str(dtype),
-                    "scheduler": run.describe(), "provider": provider,
-                    "precision": precision}, overwrite=overwrite)
-    except BaseException:
-        out.abort()
-        raise
+    denoised = denoise_array(image.data, models, halo, tile, c_axis, out.dtype, provider,
+                             maps=maps, precision=precision)
+    blocks = pending_blocks(denoised, out.arrays[0], out.done, 0)
+    tiles, voxels = _block_weights(denoised, tile)
+    tiles, voxels = [tiles[i] for i in blocks], [voxels[i] for i in blocks]
+    run.run(write_tasks(denoised, out.arrays[0], out.done, 0, blocks),
+            progress.tasks("denoising", tiles, voxels))
+    for level in range(1, len(out.arrays)):
+        source = da.from_zarr(out.arrays[level - 1])
+        small = downsample(source, image.level_shapes[level], out.dtype)
+        blocks = pending_blocks(small, out.arrays[level], out.done, level)
+        tasks = write_tasks(small, out.arrays[level], out.done, level, blocks)
+        sizes = [math.prod(shape) for shape in itertools.product(*small.chunks)]
+        run.run(tasks, progress.tasks(f"pyramid level {level}", [1] * len(tasks),
+                                      [sizes[i] for i in blocks], unit="chunks"))
+    seconds = time.perf_counter() - start
+    out.commit({**provenance, "tile": tile, "halo": halo, "dtype": str(out.dtype),
+                "scheduler": run.describe(), "provider": provider, "precision": precision})
     return sum(tiles), seconds
 
 
-def _provenance(image: Image, command: str | None, channels: list[dict]) -> dict:
-    return {"fm2s_version": __version__, "command": command,
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+def _provenance(image: Image, record: dict, channels: list[dict]) -> dict:
+    """The output's ``fm2s`` metadata: the command and start of the run (the first one, when
+    resumed), the source and each channel's model."""
+    prov = {"fm2s_version": __version__, "command": record.get("command"),
+            "date": record.get("started"),
             "source": image.source, "source_format": image.kind,
             "range_rule": "a plane whose p1 lies within the range its model was trained on "
                           "goes in as it is; any other is mapped into the range (its p1 and "
                           "p99 onto the training planes') and back; the output clamp covers "
                           "each plane's own range",
             "channels": channels}
+    if record.get("resumed"):
+        prov["resumed"] = record["resumed"]
+    return prov
 
 
 def _warnings(reports: list[ChannelReport]) -> list[str]:
@@ -258,10 +311,10 @@ def _warnings(reports: list[ChannelReport]) -> list[str]:
             for r in reports if r.mapped_planes]
 
 
-def _finish(image: Image, output: Path, kind, dtype: np.dtype, stats: np.ndarray,
+def _finish(image: Image, out: OutputImage, record: dict, stats: np.ndarray,
             models: list[bytes], references: list[tuple], halo: int, records: list[dict],
-            tile: int, provider: str, precision: str, run: Runner, progress: ProgressDisplay,
-            command: str | None, overwrite: bool) -> RunReport:
+            tile: int, provider: str, precision: str, run: Runner,
+            progress: ProgressDisplay) -> RunReport:
     """Denoise and write; return the report of the run (shared by both jobs)."""
     reports = []
     c_axis = image.c_axis if len(models) > 1 else None
@@ -275,14 +328,128 @@ def _finish(image: Image, output: Path, kind, dtype: np.dtype, stats: np.ndarray
             channel=c, data_range=(float(st[:, 0].min()), float(st[:, 1].max())),
             model_range=(float(ref[0]), float(ref[1])), planes=len(st), mapped_planes=mapped,
             **records[c if len(records) > 1 else 0]))
-    provenance = _provenance(image, command, [r.record() for r in reports])
-    tiles, seconds = _denoise(image, models, maps, halo, output, kind, dtype, tile, provider,
-                              precision, run, progress, provenance, overwrite)
+    provenance = _provenance(image, record, [r.record() for r in reports])
+    before = out.chunks_done()
+    tiles, seconds = _denoise(image, models, maps, halo, out, tile, provider, precision, run,
+                              progress, provenance)
+    total = sum(a.nchunks for a in out.arrays)
+    kind = out.plane_file
     fmt = kind.name if kind is not None else f"OME-Zarr NGFF {image.ngff.version}"
-    return RunReport(image.source, str(output), image.kind, fmt, image.axes,
-                     tuple(image.data.shape), str(image.data.dtype), str(dtype),
+    return RunReport(image.source, str(out.path), image.kind, fmt, image.axes,
+                     tuple(image.data.shape), str(image.data.dtype), str(out.dtype),
                      1 if kind is not None else len(image.level_shapes), reports, tiles,
-                     seconds, run.describe(), provider, precision, _warnings(reports))
+                     seconds, run.describe(), provider, precision, _warnings(reports),
+                     chunks_before=before, chunks_written=total - before,
+                     resumed=bool(record.get("resumed")))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _settings(image: Image, stats: np.ndarray, out_dtype: np.dtype, kind, **settings) -> dict:
+    """What decides an output's bytes: a resumed run must have the same."""
+    return json.loads(json.dumps({
+        "fm2s_version": __version__, "source": image.source, "axes": image.axes,
+        "shape": list(image.data.shape), "dtype": str(image.data.dtype),
+        "input_stats_sha256": hashlib.sha256(np.ascontiguousarray(stats).tobytes()).hexdigest(),
+        "output_dtype": str(out_dtype), "output_format": kind.name if kind else "OME-Zarr",
+        "ngff": image.ngff.version, **settings}))
+
+
+def _start(image: Image, output: Path, kind, dtype: np.dtype, settings: dict,
+           command: str | None, overwrite: bool, resume: bool) -> tuple[OutputImage, dict]:
+    """Under the output's lock: reopen an unfinished output (``resume``, same settings) or
+    clear the path (``overwrite``) and create a new one. Returns it and its run record."""
+    plane_file = kind is not None
+    existing = unfinished(output, plane_file)
+    out = OutputImage(output, image, dtype, kind)
+    if existing is not None and resume:
+        before = existing.get("settings", {})
+        changed = [k for k in sorted(set(before) | set(settings))
+                   if before.get(k) != settings.get(k)]
+        if changed:
+            words = ", ".join("the input's pixels" if k == "input_stats_sha256" else
+                              f"{k} ({before.get(k)!r} then, {settings.get(k)!r} now)"
+                              for k in changed)
+            raise FM2SError(f"output '{output}' was started with other input or settings "
+                            f"({words}): rerun with the same input and options to resume it, "
+                            "or pass --overwrite instead to start over")
+        record = {**existing, "resumed": int(existing.get("resumed", 0)) + 1}
+        return out.reopen(), record
+    if (output.exists() or work_path(output, plane_file).exists()) and not overwrite:
+        raise FM2SError(f"output '{output}' appeared while this run prepared: it was left as "
+                        "it is; pass --overwrite to replace it")
+    for path in {output, work_path(output, plane_file), *leftovers(output)}:
+        _remove(path)
+    record = {"command": command, "started": datetime.now(UTC).isoformat(timespec="seconds"),
+              "settings": settings}
+    try:
+        return out.create(record), record
+    except OSError as exc:  # nothing was kept
+        raise FM2SError(_os_message(exc, output, kept=False)) from None
+
+
+def _os_message(exc: OSError, output: Path, kept: bool = True) -> str:
+    where = exc.filename or output
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        problem = f"no space left on the device writing '{where}': free some space"
+    elif exc.errno == errno.EFBIG:
+        problem = (f"file too large writing '{where}' (a file size limit, 'ulimit -f'?): "
+                   "raise the limit")
+    else:
+        problem = f"{exc.strerror or exc} ('{where}'): fix that"
+    if not kept:
+        return f"{problem}, then run the command again (nothing was written)"
+    return (f"{problem}, then rerun the same command with --resume (the unfinished output "
+            f"'{output}' is kept)")
+
+
+@contextmanager
+def _resumable(output: Path) -> Iterator[None]:
+    """Word failures of a run that wrote into ``output``: it is kept, --resume completes it."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        name = getattr(exc, "signal_name", "SIGINT")
+        raise Interrupted(f"stopped by {name}; the unfinished output '{output}' is kept: rerun "
+                          "the same command with --resume to complete it", name) from None
+    except OSError as exc:
+        raise FM2SError(_os_message(exc, output)) from None
+    except FM2SError as exc:
+        if isinstance(exc, ParameterError) or "--resume" in str(exc):
+            raise
+        raise FM2SError(f"{exc} (the unfinished output '{output}' is kept: rerun with "
+                        "--resume once that is fixed)") from None
+
+
+def _noting(lock: RunLock, report: RunReport) -> RunReport:
+    """The report, with a word on a stale lock the run took over."""
+    if lock.stale is None:
+        return report
+    note = (f"a lock left by a run that was killed ({lock.stale}) was found and taken over")
+    return dataclasses.replace(report, warnings=[note, *report.warnings])
+
+
+def _stored_model(out: OutputImage, channel: int) -> tuple[bytes, dict] | None:
+    """The model of ``channel`` an interrupted run trained and kept, if any."""
+    folder = out.run_dir / "models"
+    onnx_file, record_file = folder / f"c{channel}.onnx", folder / f"c{channel}.json"
+    if not (onnx_file.is_file() and record_file.is_file()):
+        return None
+    data, record = onnx_file.read_bytes(), json.loads(record_file.read_text())
+    if hashlib.sha256(data).hexdigest() != record.get("record", {}).get("model_sha256"):
+        return None
+    return data, record
+
+
+def _keep_model(out: OutputImage, channel: int, data: bytes, record: dict) -> None:
+    folder = out.run_dir / "models"
+    write_atomic(folder / f"c{channel}.onnx", data)
+    write_atomic(folder / f"c{channel}.json", json.dumps(record).encode())
 
 
 def train_and_apply(source: str | Path, output: str | Path | None = None, *,
@@ -291,8 +458,8 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     train_planes: int = DEFAULT_TRAIN_PLANES, tile: int | None = None,
                     scheduler: str | None = None, workers: int | None = None,
                     dtype: str | None = None, save_model: str | Path | None = None,
-                    overwrite: bool = False, axes: str | None = None, ngff: str | None = None,
-                    precision: str = "fp32", views: int | None = None,
+                    overwrite: bool = False, resume: bool = False, axes: str | None = None,
+                    ngff: str | None = None, precision: str = "fp32", views: int | None = None,
                     command: str | None = None, progress: ProgressDisplay | None = None,
                     **overrides) -> RunReport:
     """Train one model per channel on ``train_planes`` planes, then denoise every plane.
@@ -303,6 +470,10 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     recipe (see :func:`fm2s.recipes.make_config`); ``views`` replaces the recipe's
     test-time views (1, 2 or 4). ``precision="fp16"`` runs the network in float16 on
     the CUDA provider. Nothing is written when an input or option is bad.
+
+    The output is written in place and marked unfinished until complete; an interrupted
+    run is continued with ``resume=True`` (same input and settings): the models it trained
+    are reused and no chunk it wrote is computed again.
     """
     try:
         from .model import train_model
@@ -310,10 +481,12 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
         raise FM2SError(f"training needs torch, which cannot be imported here ({exc}): "
                         "install torch, or denoise with a saved model (apply)") from None
 
+    refuse_unfinished(str(source))
     image = open_image(source, axes, ngff)
     dtype_out = _out_dtype(image, dtype)
-    output, kind = _check_output(image, output, overwrite, dtype_out)
-    paths = model_paths(save_model, image.channels, overwrite)
+    output, kind = _check_output(image, output, overwrite, resume, dtype_out)
+    resuming = resume and unfinished(output, kind is not None) is not None
+    paths = model_paths(save_model, image.channels, overwrite or resuming)
     if tile is not None:
         _check_tile(tile, "cpu")
     training_planes(1, train_planes)
@@ -323,51 +496,68 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
         overrides["views"] = views
     config = config_for(recipe, microscope, seed, image.planes_per_channel, **overrides)
     progress = progress or ProgressDisplay(quiet=True)
-    with runner(scheduler, workers) as run, progress:
+    with runner(scheduler, workers) as run, RunLock(output) as lock, progress:
         stats = _channel_stats(image, run)
-        models, references, records, devices = [], [], [], set()
-        for c in range(image.channels):
-            planes = image.channel_planes(c)
-            index = training_planes(planes.shape[0], train_planes)
-            with dask.config.set(scheduler="threads"):
-                stack = np.asarray(planes[index].compute())
-            model = train_model(stack, config, device,
-                                progress.steps(f"training channel {c} ({len(index)} planes)"))
-            data = model.to_bytes()
-            if paths:
-                model.save(paths[c])
-            models.append(data)
-            references.append(model.reference)
-            devices.add(model.device)
-            records.append({
-                "model_sha256": hashlib.sha256(data).hexdigest(),
-                "model_file": str(paths[c]) if paths else None, "recipe": recipe,
-                "preset": config.microscope, "seed": seed,
-                "normalization": {"offset": model.normalization.offset,
-                                  "scale": model.normalization.scale},
-                "training_planes": index, "steps": config.total_steps,
-                "train_seconds": round(model.seconds, 3), "device": model.device})
-        provider = "cpu" if devices == {"cpu"} and precision == "fp32" else "auto"
-        tile = _check_tile(tile, provider)
-        return _finish(image, output, kind, dtype_out, stats, models, references,
-                       model.halo, records, tile, provider, precision, run, progress, command,
-                       overwrite)
+        settings = _settings(image, stats, dtype_out, kind, job="train-and-apply",
+                             recipe=recipe, microscope=microscope, seed=seed, device=device,
+                             train_planes=train_planes, overrides=overrides,
+                             precision=precision)
+        out, record = _start(image, output, kind, dtype_out, settings, command, overwrite,
+                             resume)
+        with _resumable(output):
+            models, references, records, halos = [], [], [], []
+            for c in range(image.channels):
+                stored = _stored_model(out, c)
+                if stored is None:
+                    planes = image.channel_planes(c)
+                    index = training_planes(planes.shape[0], train_planes)
+                    with dask.config.set(scheduler="threads"):
+                        stack = np.asarray(planes[index].compute())
+                    model = train_model(stack, config, device, progress.steps(
+                        f"training channel {c} ({len(index)} planes)"))
+                    data = model.to_bytes()
+                    stored = data, {"reference": list(model.reference), "halo": model.halo,
+                                    "record": {
+                        "model_sha256": hashlib.sha256(data).hexdigest(), "recipe": recipe,
+                        "preset": config.microscope, "seed": seed,
+                        "normalization": {"offset": model.normalization.offset,
+                                          "scale": model.normalization.scale},
+                        "training_planes": index, "steps": config.total_steps,
+                        "train_seconds": round(model.seconds, 3), "device": model.device}}
+                    _keep_model(out, c, *stored)
+                data, kept = stored
+                if paths:
+                    write_atomic(paths[c], data)
+                models.append(data)
+                references.append(tuple(kept["reference"]))
+                halos.append(int(kept["halo"]))
+                records.append({**kept["record"],
+                                "model_file": str(paths[c]) if paths else None})
+            devices = {r["device"] for r in records}
+            provider = "cpu" if devices == {"cpu"} and precision == "fp32" else "auto"
+            tile = _check_tile(tile, provider)
+            return _noting(lock, _finish(image, out, record, stats, models, references,
+                                         max(halos), records, tile, provider, precision, run,
+                                         progress))
 
 
 def apply(model: str | Path, source: str | Path, output: str | Path | None = None, *,
           provider: str = "auto", tile: int | None = None, scheduler: str | None = None,
           workers: int | None = None, dtype: str | None = None, overwrite: bool = False,
-          axes: str | None = None, ngff: str | None = None, precision: str = "fp32",
-          command: str | None = None, progress: ProgressDisplay | None = None) -> RunReport:
+          resume: bool = False, axes: str | None = None, ngff: str | None = None,
+          precision: str = "fp32", command: str | None = None,
+          progress: ProgressDisplay | None = None) -> RunReport:
     """Denoise any input with saved models (one for all channels or one per channel).
 
     Planes outside the range a model was trained on are mapped into it and back (see
     :func:`fm2s.normalize.range_map`); the report's ``warnings`` say so.
-    ``precision="fp16"`` runs the network in float16 on the CUDA provider.
+    ``precision="fp16"`` runs the network in float16 on the CUDA provider. ``resume``
+    continues an interrupted run on the same output (see :func:`train_and_apply`).
     """
+    refuse_unfinished(str(source))
     image = open_image(source, axes, ngff)
     dtype_out = _out_dtype(image, dtype)
-    output, kind = _check_output(image, output, overwrite, dtype_out)
+    output, kind = _check_output(image, output, overwrite, resume, dtype_out)
     check_cluster_options(scheduler, workers)
     check_precision(precision, provider)
     tile = _check_tile(tile, provider)
@@ -383,15 +573,50 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
     models = [p.read_bytes() for p in paths]
     halo = max(r.halo for r in runtimes)
     progress = progress or ProgressDisplay(quiet=True)
-    with runner(scheduler, workers) as run, progress:
+    with runner(scheduler, workers) as run, RunLock(output) as lock, progress:
         stats = _channel_stats(image, run)
-        return _finish(image, output, kind, dtype_out, stats, models,
-                       [r.reference for r in runtimes], halo, records, tile, provider,
-                       precision, run, progress, command, overwrite)
+        settings = _settings(image, stats, dtype_out, kind, job="apply",
+                             models=[r.sha256 for r in runtimes],
+                             provider=resolve_provider(provider), precision=precision)
+        out, record = _start(image, output, kind, dtype_out, settings, command, overwrite,
+                             resume)
+        with _resumable(output):
+            return _noting(lock, _finish(image, out, record, stats, models,
+                                         [r.reference for r in runtimes], halo, records, tile,
+                                         provider, precision, run, progress))
+
+
+def _unfinished_report(source: str, run: dict) -> dict:
+    """Chunks and models an unfinished output holds."""
+    import zarr
+
+    path = Path(source).absolute()
+    levels = []
+    group = zarr.open_group(path, mode="r")
+    names = sorted((p.name for p in path.iterdir() if not p.name.startswith(".")
+                    and ((p / "zarr.json").is_file() or (p / ".zarray").is_file())),
+                   key=lambda n: (len(n), n))
+    done_root = path / ".fm2s-run" / "done"
+    for level, name in enumerate(names):
+        marks = done_root / str(level)
+        done = len(list(marks.iterdir())) if marks.is_dir() else 0
+        levels.append((name, done, group[name].nchunks))
+    models = path / ".fm2s-run" / "models"
+    trained = len(list(models.glob("c*.onnx"))) if models.is_dir() else 0
+    return {**run, "levels": levels, "models_kept": trained}
 
 
 def info(source: str | Path, axes: str | None = None) -> InfoReport:
-    """What ``source`` holds and what ``train-and-apply`` would do with it."""
+    """What ``source`` holds and what ``train-and-apply`` would do with it; for an
+    unfinished output, what its interrupted run wrote."""
+    run = unfinished(Path(source)) if not is_url(str(source)) else None
+    if run is not None:
+        return InfoReport(None, 0, "", str(source), _unfinished_report(str(source), run))
     image = open_image(source, axes)
+    written_by = None
+    if not is_url(image.source) and Path(image.source).is_dir():
+        state = read_state(Path(image.source))
+        if state is not None and state.get("state") == COMPLETE:
+            written_by = state
     return InfoReport(image, min(image.planes_per_channel, DEFAULT_TRAIN_PLANES),
-                      str(default_output(image)))
+                      str(default_output(image)), image.source, written_by=written_by)

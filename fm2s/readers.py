@@ -5,7 +5,10 @@ with the metadata their denoised copy carries. A 2D image is an image with axes 
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import numbers
+import struct
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -15,6 +18,7 @@ import dask.array as da
 import numpy as np
 import tifffile
 import zarr
+from dask.base import tokenize
 
 from .errors import FM2SError, ParameterError
 from .formats import NGFF, PNG, TIFF, V04, V05, NgffFormat, PlaneFile, ngff_format
@@ -134,6 +138,114 @@ def _multiscale_for(axes: str, scales: dict[str, float], units: dict[str, str],
                           "coordinateTransformations": [{"type": "scale", "scale": scale}]}]}
 
 
+class _ZarrChunks:
+    """A zarr array read chunk by chunk for dask, whose read errors name the chunk.
+
+    A chunk that cannot be decoded (a damaged or truncated file) raises
+    :class:`~fm2s.errors.FM2SError` naming the array and the chunk, in whatever process
+    the dask task runs (it pickles with its array). A missing chunk is not an error: zarr
+    reads it as the array's fill value.
+    """
+
+    def __init__(self, array: zarr.Array, where: str) -> None:
+        self.array, self.where = array, where
+        self.shape, self.dtype, self.ndim = tuple(array.shape), array.dtype, array.ndim
+        self.chunks = tuple(array.chunks)
+
+    def __getitem__(self, index):
+        try:
+            return self.array[index]
+        except FM2SError:
+            raise
+        except Exception as exc:  # zarr and its codecs raise many types for bad bytes
+            raise FM2SError(self._message(index, exc)) from None
+
+    def _chunk_key(self, index) -> str:
+        """The store key of the (first) chunk or shard ``index`` reads, e.g. ``c/0/1/0``."""
+        index = index if isinstance(index, tuple) else (index,)
+        start = []
+        for i, n in zip(index, self.shape):
+            if isinstance(i, slice):
+                start.append(i.indices(n)[0])
+            elif isinstance(i, numbers.Integral):
+                start.append(int(i) % n if n else 0)
+            else:
+                start.append(int(np.min(i)) % n if np.size(i) and n else 0)
+        start += [0] * (self.ndim - len(start))
+        grid = getattr(self.array, "shards", None) or self.chunks
+        coords = tuple(s // c for s, c in zip(start, grid))
+        try:
+            return self.array.metadata.encode_chunk_key(coords)
+        except Exception:  # pragma: no cover - a zarr without the method
+            return "/".join(map(str, coords))
+
+    def _message(self, index, exc: Exception) -> str:
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        reason = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+        try:
+            key = self._chunk_key(index)
+        except Exception:  # pragma: no cover - an index of an unexpected form
+            key = str(index)
+        if isinstance(exc, OSError):
+            fix = "check that it is readable (permissions, disk, network)"
+        else:
+            fix = "the file is damaged; restore it from a copy"
+        return f"cannot read chunk {key} of '{self.where}' ({reason}): {fix}"
+
+
+def _zarr_data(array: zarr.Array, where: str) -> da.Array:
+    """A zarr array as a dask array of the same chunks whose read errors name the chunk."""
+    return da.from_array(_ZarrChunks(array, where), chunks=array.chunks, asarray=True,
+                         name=f"zarr-{tokenize(array, array.chunks)}",
+                         meta=np.empty((0,) * array.ndim, array.dtype))
+
+
+def _numbers(values) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+        for v in values)
+
+
+def _check_transforms(transforms, ndim: int, names: str, owner: str, source: str) -> None:
+    """Refuse coordinate transformations that do not give one value per axis."""
+    fix = ("fix its OME-Zarr metadata (one value per axis, in the order of the axes) or "
+           "convert the image")
+    if not isinstance(transforms, list) or not all(isinstance(t, dict) for t in transforms):
+        raise FM2SError(f"'{source}': the coordinateTransformations of {owner} are not a list "
+                        f"of transformations: {fix}")
+    for t in transforms:
+        kind = t.get("type")
+        if kind not in ("scale", "translation") or kind not in t:
+            continue  # "identity", or given by a path: left to the NGFF validation
+        values = t[kind]
+        if not _numbers(values):
+            raise FM2SError(f"'{source}': the {kind} of {owner} is {values!r}, not a list of "
+                            f"finite numbers: {fix}")
+        if len(values) != ndim:
+            raise FM2SError(f"'{source}': the {kind} of {owner} has {len(values)} value(s) "
+                            f"{values} for {ndim} axes ({names}): {fix}")
+
+
+def _check_multiscale(ms: dict, levels: list, axis_names: list[str], source: str) -> None:
+    """Refuse OME-Zarr metadata that does not fit its arrays (a scale per axis, ...)."""
+    names = "".join(axis_names)
+    for d, level in zip(ms["datasets"], levels):
+        owner = f"dataset '{d.get('path')}'"
+        if len(axis_names) != level.ndim:
+            raise FM2SError(f"'{source}': its OME-Zarr metadata names {len(axis_names)} axes "
+                            f"({', '.join(axis_names) or 'none'}) but {owner} has "
+                            f"{level.ndim} dimensions {tuple(level.shape)}: fix the axes in "
+                            "its metadata (one per dimension) or convert the image")
+        if "coordinateTransformations" not in d:
+            raise FM2SError(f"'{source}': {owner} has no coordinateTransformations in its "
+                            "OME-Zarr metadata: add its scale (one value per axis) or "
+                            "convert the image")
+        _check_transforms(d["coordinateTransformations"], level.ndim, names, owner, source)
+    if "coordinateTransformations" in ms:
+        _check_transforms(ms["coordinateTransformations"], len(axis_names), names,
+                          "the multiscale", source)
+
+
 def _open_zarr(source: str, axes: str | None, ngff: NgffFormat | None) -> Image:
     try:
         node = zarr.open(store=source, mode="r")
@@ -152,7 +264,7 @@ def _open_zarr(source: str, axes: str | None, ngff: NgffFormat | None) -> Image:
         axes = check_axes(axes, node.ndim, f"'{source}'")
         fmt = node.metadata.zarr_format
         name = Path(source.rstrip("/")).name
-        return Image(da.from_zarr(node), axes, source, "zarr array",
+        return Image(_zarr_data(node, source), axes, source, "zarr array",
                       ngff or (V04 if fmt == 2 else V05),
                       _multiscale_for(axes, {}, {}, name), [node.shape],
                       notes=["no OME metadata: scale 1 on every axis, one pyramid level"])
@@ -187,21 +299,36 @@ def _open_zarr(source: str, axes: str | None, ngff: NgffFormat | None) -> Image:
         notes.append(f"{len(multiscales)} multiscales: denoising the first, '{ms.get('name')}'")
     try:
         axis_names = [str(a["name"] if isinstance(a, dict) else a).lower() for a in ms["axes"]]
-        levels = [node[d["path"]] for d in ms["datasets"]]
+        paths = [str(d["path"]) for d in ms["datasets"]]
+        levels = [node[p] for p in paths]
     except (KeyError, TypeError) as exc:
         raise FM2SError(f"'{source}' has incomplete OME-Zarr metadata (missing {exc}): "
                         "check the image with an OME-Zarr validator") from None
+    if not levels:
+        raise FM2SError(f"'{source}' has OME-Zarr metadata without datasets: check the image "
+                        "with an OME-Zarr validator")
+    not_arrays = [p for p, lv in zip(paths, levels) if not isinstance(lv, zarr.Array)]
+    if not_arrays:
+        raise FM2SError(f"'{source}': dataset '{not_arrays[0]}' of its OME-Zarr metadata is "
+                        "not a zarr array: check the image with an OME-Zarr validator")
     if any(a not in AXIS_TYPES for a in axis_names):
         raise FM2SError(f"'{source}' has axes {axis_names}: fm2s-tile reads axes named t, c, z, "
                         "y, x; rename them or convert the image")
-    names = check_axes("".join(axis_names), levels[0].ndim, f"'{source}'")
+    _check_multiscale(ms, levels, axis_names, source)
+    try:
+        names = check_axes("".join(axis_names), levels[0].ndim, f"'{source}'")
+    except ParameterError as exc:  # the axes come from the metadata, not from a parameter
+        raise FM2SError(f"{exc.problem}; these axes come from its OME-Zarr metadata: fix "
+                        "them there or convert the image") from None
+    # what the denoised copy carries must be valid NGFF: refused here, before any work
+    version.group_attrs(copy.deepcopy(ms), copy.deepcopy(meta.get("omero")), source=source)
     if axes is not None and axes.lower() != names:
         raise ParameterError("axes", axes, f"contradicts the input's OME metadata (axes "
                              f"{names}): leave it out for OME-Zarr input")
     extra = {k: v for k, v in attrs.items() if k not in ("ome", "multiscales", "omero", "fm2s")}
-    return Image(da.from_zarr(levels[0]), names, source, "OME-Zarr", version, ms,
-                  [lv.shape for lv in levels], omero=copy.deepcopy(meta.get("omero")),
-                  extra=extra, notes=notes)
+    return Image(_zarr_data(levels[0], f"{source.rstrip('/')}/{paths[0]}"), names, source,
+                  "OME-Zarr", version, ms, [lv.shape for lv in levels],
+                  omero=copy.deepcopy(meta.get("omero")), extra=extra, notes=notes)
 
 
 class _TiffPlanes:
@@ -240,7 +367,7 @@ class _TiffPlanes:
                     store = tifffile.imread(self.path, aszarr=True, series=self.series, level=0)
                     self._array = zarr.open(store, mode="r")
                 return self._array[index]
-        except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
+        except (OSError, ValueError, IndexError, struct.error, tifffile.TiffFileError) as exc:
             raise FM2SError(f"cannot read '{self.path}' as TIFF ({exc}): the file is damaged "
                             "or truncated") from None
 
@@ -308,15 +435,70 @@ def _ngff_unit(unit: str) -> str:
     return _UNITS.get(unit, _UNITS.get(unit.lower(), ""))
 
 
-def _open_tiff(path: Path, axes: str | None, ngff: NgffFormat | None) -> Image:
+class _TiffLog(logging.Filter):
+    """Holds back what tifffile logs while a file is opened: its errors (a page or value
+    beyond the end of the file, a series that does not fit its pages) mean the file is
+    damaged, and are reported as one; anything else is passed on afterwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.logger = logging.getLogger("tifffile")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return False
+
+    def __enter__(self) -> _TiffLog:
+        self.logger.addFilter(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeFilter(self)
+
+    def damage(self) -> str | None:
+        """The first error tifffile logged, without the object it names; None if none."""
+        for record in self.records:
+            if record.levelno >= logging.ERROR:
+                text = record.getMessage()
+                if text.startswith("<") and "> " in text:
+                    text = text.split("> ", 1)[1]
+                return text.splitlines()[0][:200] if text else "error"
+        return None
+
+    def replay(self) -> None:
+        for record in self.records:
+            self.logger.handle(record)
+
+
+def _last_page_end(series) -> int:
+    """The end of the last page's pixel data in the file (0 when unknown)."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        page = series.pages[-1]
+        return max((o + n for o, n in zip(page.dataoffsets, page.databytecounts)), default=0)
+    except (AttributeError, IndexError, TypeError, ValueError, OSError,
+            tifffile.TiffFileError):
+        return 0
+
+
+def _open_tiff(path: Path, axes: str | None, ngff: NgffFormat | None) -> Image:
+    log = _TiffLog()
+    try:
+        with log, tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            damage = log.damage()
+            file_size = path.stat().st_size
+            if damage is None and _last_page_end(series) > file_size:
+                damage = f"its last page ends at byte {_last_page_end(series)}"
+            if damage is not None:
+                raise FM2SError(f"'{path}' is damaged or truncated ({file_size} bytes; "
+                                f"tifffile: {damage}): restore it from a copy")
             offset = series.dataoffset if len(series.levels) == 1 else None
             size = math.prod(series.shape) * series.dtype.itemsize
-            if offset is not None and path.stat().st_size < offset + size:
-                raise FM2SError(f"'{path}' is truncated ({path.stat().st_size} bytes, its image "
-                                f"needs {offset + size}): the file is damaged")
+            if offset is not None and file_size < offset + size:
+                raise FM2SError(f"'{path}' is truncated ({file_size} bytes, its image "
+                                f"needs {offset + size}): the file is damaged; restore it from "
+                                "a copy")
             found = series.axes
             shape, dtype = tuple(series.shape), series.dtype
             level_shapes = [tuple(lv.shape) for lv in series.levels]
@@ -340,9 +522,10 @@ def _open_tiff(path: Path, axes: str | None, ngff: NgffFormat | None) -> Image:
             scales, units, omero, kind = _tiff_metadata(tif, stored)
     except FM2SError:
         raise
-    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as exc:
+    except (OSError, ValueError, IndexError, struct.error, tifffile.TiffFileError) as exc:
         raise FM2SError(f"cannot read '{path}' as TIFF ({exc}): the file is damaged, truncated "
                         "or not an image") from None
+    log.replay()  # tifffile's warnings about a readable file, as it would have logged them
     reader = _TiffPlanes(str(path), 0, shape, dtype, offset)
     chunks = (1,) * (len(shape) - 2) + _plane_chunks(shape)
     data = da.from_array(reader, chunks=chunks, asarray=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import threading
 from pathlib import Path
 
@@ -129,6 +130,128 @@ def check_precision(precision: str, provider: str = "auto") -> None:
                                  f"{', '.join(available)}): use fp32")
 
 
+_SAVE_AGAIN = "save the model again with fm2s-tile --save-model"
+#: side of the plane a loaded model is tried on
+TEST_SIDE = 16
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0][:200] if text else type(exc).__name__)
+
+
+def _describe(arg) -> str:
+    shape = " x ".join(str(d) if d is not None else "?" for d in (arg.shape or [])) or "?"
+    return f"'{arg.name}' {arg.type} of shape {shape}"
+
+
+def _plane_stack(arg) -> bool:
+    """Whether an onnxruntime input or output is a float32 N x 1 x H x W array (dimensions
+    that are not numbers, such as N, H and W, may be anything)."""
+    shape = arg.shape
+    return (arg.type == "tensor(float)" and isinstance(shape, list) and len(shape) == 4
+            and (not isinstance(shape[1], int) or shape[1] == 1)
+            and all(not isinstance(d, int) or d > 0 for d in shape))
+
+
+def _check_signature(session, name: str) -> str:
+    """Refuse a model that does not take and return one float32 N x 1 x H x W array;
+    returns the name of its input."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or not _plane_stack(inputs[0]):
+        found = ", ".join(_describe(i) for i in inputs) or "nothing"
+        raise FM2SError(f"{name} takes {found} as input, not one float32 N x 1 x H x W stack "
+                        "of planes: pass a model saved by fm2s-tile --save-model")
+    if len(outputs) != 1 or not _plane_stack(outputs[0]):
+        found = ", ".join(_describe(o) for o in outputs) or "nothing"
+        raise FM2SError(f"{name} returns {found}, not one float32 N x 1 x H x W stack of "
+                        "planes: pass a model saved by fm2s-tile --save-model")
+    return inputs[0].name
+
+
+def _read_metadata(meta: dict[str, str], name: str
+                   ) -> tuple[int, tuple[float, float, float, float]]:
+    """The halo and the reference range of a model's fm2s metadata, checked."""
+    text = meta.get("halo")
+    if text is None:
+        raise FM2SError(f"{name} has fm2s metadata without a halo: {_SAVE_AGAIN}")
+    if not (text.strip().isascii() and text.strip().isdigit()):
+        raise FM2SError(f"{name} has fm2s metadata halo={text!r}, not a whole number of pixels "
+                        f"(0 or more): {_SAVE_AGAIN}")
+    halo = int(text)
+    try:
+        norm = json.loads(meta["normalization"])
+        offset, scale = float(norm["offset"]), float(norm["scale"])
+        pct = json.loads(meta.get("percentiles", "null")) or {}
+        if not isinstance(pct, dict):
+            raise TypeError(f"percentiles {pct!r} are not a mapping")
+        reference = (offset, offset + scale, float(pct.get("p1", offset)),
+                     float(pct.get("p99", offset + scale)))
+        if not (scale > 0 and all(math.isfinite(v) for v in reference)):
+            raise ValueError(f"normalization offset {offset:g}, scale {scale:g}")
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise FM2SError(f"{name} has fm2s metadata but it is incomplete or odd "
+                        f"({type(exc).__name__}: {_first_line(exc)}): {_SAVE_AGAIN}") from None
+    return halo, reference
+
+
+#: operations that move no pixel: each output pixel depends on the same pixel of the
+#: inputs (or on small constant tensors, such as the clamp range)
+_POINTWISE = frozenset({
+    "Abs", "Add", "And", "Cast", "Ceil", "Clip", "Constant", "Div", "Equal", "Erf", "Exp",
+    "Floor", "Gather", "Greater", "GreaterOrEqual", "HardSigmoid", "Identity", "LeakyRelu",
+    "Less", "LessOrEqual", "Log", "Max", "Min", "Mul", "Neg", "Not", "Or", "Pow", "PRelu",
+    "Reciprocal", "Relu", "Round", "Sigmoid", "Sign", "Softplus", "Sqrt", "Squeeze", "Sub",
+    "Tanh", "Unsqueeze", "Where"})
+
+
+def receptive_field(model: bytes) -> int | None:
+    """How many pixels away from an output pixel an ONNX model looks (the halo its tiles
+    need): the largest sum of convolution reaches along a path from input to output.
+
+    None when the graph holds an operation other than convolutions (stride 1), channel
+    concatenations and means, and pointwise operations: then it is not known.
+    """
+    try:
+        import onnx
+        from onnx import helper
+
+        graph = onnx.load_from_string(model).graph
+    except Exception:  # pragma: no cover - no onnx package, or a model only onnxruntime reads
+        return None
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    # reach of every value computed from the image (constants and initializers: none)
+    reach = {i.name: 0 for i in graph.input if i.name not in weights}
+    for node in graph.node:
+        live = [reach[x] for x in node.input if x in reach]
+        if not live:
+            continue  # computed from constants alone
+        here = max(live)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute
+                 if a.name != "value"}
+        op = node.op_type
+        if op == "Conv":
+            kernel = attrs.get("kernel_shape") or weights.get(node.input[1], [])[2:]
+            if not kernel or any(s != 1 for s in attrs.get("strides", [1] * len(kernel))):
+                return None
+            dilations = attrs.get("dilations", [1] * len(kernel))
+            pads = attrs.get("pads", [0] * 2 * len(kernel))
+            spans = [(k - 1) * d for k, d in zip(kernel, dilations)]
+            if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+                here += max((s + 1) // 2 for s in spans)
+            else:
+                here += max(max(p, s - p) for p, s in zip(pads, spans))
+        elif op in ("Concat", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"):
+            axes = [attrs.get("axis")] if op == "Concat" else attrs.get("axes")
+            if axes is None or any(a not in (1, -3) for a in axes):
+                return None  # along Y or X, or axes given as an input
+        elif op not in _POINTWISE:
+            return None
+        for out in node.output:
+            reach[out] = here
+    return max((reach.get(o.name, 0) for o in graph.output), default=0)
+
+
 class OnnxDenoiser:
     """An FM2S ONNX model loaded into one onnxruntime session, reused for every call.
 
@@ -144,10 +267,21 @@ class OnnxDenoiser:
     precision
         ``fp32``, or ``fp16`` (CUDA only): the network runs in float16
         (:func:`half_precision`); input and output stay float32.
+    verify
+        Also check that the metadata's halo is the network's receptive field
+        (:func:`receptive_field`) and run the model once on a small plane. Metadata,
+        inputs and outputs are checked in any case.
+
+    Raises
+    ------
+    FM2SError
+        A missing file, not an ONNX model, not one made by fm2s-tile, or one whose
+        metadata (halo, normalization), inputs or outputs do not fit (the message names
+        the model and the problem).
     """
 
     def __init__(self, model: str | Path | bytes, provider: str = "auto", threads: int = 0,
-                 precision: str = "fp32") -> None:
+                 precision: str = "fp32", verify: bool = True) -> None:
         ort = _ort()
         if isinstance(model, (str, Path)):
             path = Path(model)
@@ -179,27 +313,35 @@ class OnnxDenoiser:
                             "pass a model saved by fm2s-tile --save-model")
         self.metadata: dict[str, str] = dict(meta)
         self.data = data
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        self.input_name = inputs[0].name
+        self.name = name
         self.sha256 = hashlib.sha256(data).hexdigest()
-        try:  # everything the tiled inference relies on, checked once here
-            halo = int(meta["halo"])
-            norm = json.loads(meta["normalization"])
-            offset, scale = float(norm["offset"]), float(norm["scale"])
-            pct = json.loads(meta.get("percentiles", "null")) or {}
-            self.reference = (offset, offset + scale, float(pct.get("p1", offset)),
-                              float(pct.get("p99", offset + scale)))
-            if halo < 0 or not scale > 0 or len(inputs) != 1 or len(outputs) != 1:
-                raise ValueError("bad values")
-        except (KeyError, ValueError, TypeError) as exc:
-            raise FM2SError(f"{name} has fm2s metadata but it is incomplete or odd ({exc}): "
-                            "save the model again with fm2s-tile --save-model") from None
-        self.halo = halo
+        self.input_name = _check_signature(self.session, name)
+        self.halo, self.reference = _read_metadata(meta, name)
         self.clamp_input = meta.get("clamp_input")
+        overridable = {i.name for i in self.session.get_overridable_initializers()}
+        if self.clamp_input and self.clamp_input not in overridable:
+            raise FM2SError(f"{name} has fm2s metadata naming a clamp input "
+                            f"'{self.clamp_input}' that the model does not have: "
+                            f"{_SAVE_AGAIN}")
+        if verify:
+            reach = receptive_field(data)
+            if reach is not None and reach != self.halo:
+                raise FM2SError(f"{name} has fm2s metadata halo={self.halo} but its network "
+                                f"sees {reach} pixel(s) away: tiles would not match whole "
+                                f"planes; {_SAVE_AGAIN}")
         # one call at a time on a GPU: the device runs them one after the other anyway,
         # and concurrent calls from many dask threads would each hold their own buffers
         self._one_at_a_time = (threading.Lock() if self.provider == PROVIDERS["cuda"]
                                else contextlib.nullcontext())
+        if verify:  # one small plane: a model that runs but returns another shape is refused
+            try:
+                self(np.zeros((TEST_SIDE, TEST_SIDE), np.float32))
+            except FM2SError:
+                raise
+            except Exception as exc:  # onnxruntime's own exception types
+                raise FM2SError(f"{name} fails on a {TEST_SIDE} x {TEST_SIDE} test plane "
+                                f"({_first_line(exc)}): pass a model saved by fm2s-tile "
+                                "--save-model") from None
 
     @property
     def provider(self) -> str:
@@ -229,9 +371,10 @@ class OnnxDenoiser:
             feed[self.clamp_input] = np.asarray(clamp, np.float32)
         with self._one_at_a_time:
             out = self.session.run(None, feed)[0]
-        if out.shape != batch.shape:
-            raise FM2SError(f"the model returned shape {out.shape} for input {batch.shape}: "
-                            "pass a model saved by fm2s-tile --save-model")
+        if out.shape != batch.shape or out.dtype != np.float32:
+            raise FM2SError(f"{self.name} returned {out.dtype} of shape {out.shape} for float32 "
+                            f"input of shape {batch.shape}: pass a model saved by fm2s-tile "
+                            "--save-model")
         return out.reshape(image.shape)
 
 
@@ -249,5 +392,7 @@ def shared_denoiser(model: bytes, provider: str = "cpu",
     key = (hashlib.sha256(model).hexdigest(), provider, precision)
     with _SHARED_LOCK:
         if key not in _SHARED:
-            _SHARED[key] = OnnxDenoiser(model, provider=provider, threads=1, precision=precision)
+            # checked where the job loaded it; tiles run with the halo the job gives
+            _SHARED[key] = OnnxDenoiser(model, provider=provider, threads=1, precision=precision,
+                                        verify=False)
         return _SHARED[key]

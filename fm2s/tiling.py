@@ -15,7 +15,10 @@ numpy, dask and onnxruntime only: no torch on this side.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import dask.array as da
 import numpy as np
@@ -23,6 +26,7 @@ import numpy as np
 from .normalize import PERCENTILES, percentiles, range_map, subsample_step
 from .pixels import cast_like
 from .recipes import DEFAULT_TILE, WRITE_CHUNK
+from .runs import Done
 from .runtime import shared_denoiser
 
 
@@ -194,20 +198,70 @@ def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int 
         tile=tile, halo=halo, out_dtype=dtype, c_axis=c_axis, maps=maps, precision=precision)
 
 
-def _write_block(block: np.ndarray, target, block_info: dict | None = None) -> np.ndarray:
-    region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
-    target[region] = block
-    return np.full((1,) * block.ndim, block.size, np.int64)
+def block_regions(array: da.Array) -> list[tuple[slice, ...]]:
+    """The region of every block of ``array``, in the order of :func:`write_tasks`."""
+    bounds = [np.cumsum((0,) + c) for c in array.chunks]
+    return [tuple(slice(int(b[i]), int(b[i + 1])) for b, i in zip(bounds, index))
+            for index in np.ndindex(*array.numblocks)]
 
 
-def write_tasks(array: da.Array, target) -> list:
+def chunk_indices(region: tuple[slice, ...], chunks: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Grid positions of the (regular) chunks ``chunks`` that ``region`` covers."""
+    ranges = [range(s.start // c, -(-s.stop // c)) for s, c in zip(region, chunks)]
+    return [tuple(i) for i in itertools.product(*ranges)]
+
+
+def pending_blocks(array: da.Array, target, done: Done, level: int) -> list[int]:
+    """Blocks of ``array`` (in task order) with a chunk of ``target`` not marked in ``done``."""
+    written = done.listing(level)
+    return [i for i, region in enumerate(block_regions(array))
+            if not all(Done.key(ix) in written for ix in chunk_indices(region, target.chunks))]
+
+
+def write_tasks(array: da.Array, target, done: Done | None = None, level: int = 0,
+                blocks: Sequence[int] | None = None) -> list:
     """One dask task per block that writes it into the zarr array ``target``.
 
     Blocks must be made of whole chunks of ``target`` (as :func:`denoise_array` and
     :func:`fm2s.writers.downsample` make them), so that no two tasks write one chunk.
-    Each task returns the number of voxels it wrote.
+    With ``done``, a task writes only the chunks not yet marked there (as level
+    ``level``) and marks each one it writes; ``blocks`` keeps only those tasks (by
+    index, e.g. :func:`pending_blocks`). Each task returns the number of voxels it wrote.
     """
-    counts = array.map_blocks(_write_block, target=target, dtype=np.int64,
-                              chunks=tuple((1,) * len(c) for c in array.chunks),
+    counts = array.map_blocks(_write_block, target=target, done=done, level=level,
+                              dtype=np.int64, chunks=tuple((1,) * len(c) for c in array.chunks),
                               meta=np.empty((0,) * array.ndim, np.int64))
-    return list(counts.to_delayed().ravel())
+    tasks = list(counts.to_delayed().ravel())
+    return tasks if blocks is None else [tasks[i] for i in blocks]
+
+
+def _array_folder(target) -> str:
+    """The folder of a zarr array on a local store (for error messages)."""
+    try:
+        return str(Path(target.store.root) / target.path)
+    except (AttributeError, TypeError):
+        return str(target.store_path)
+
+
+def _write_block(block: np.ndarray, target, done: Done | None = None, level: int = 0,
+                 block_info: dict | None = None) -> np.ndarray:
+    region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
+    indices = chunk_indices(region, target.chunks)
+    todo = indices if done is None else [i for i in indices if not done.is_done(level, i)]
+    try:
+        if len(todo) == len(indices):  # one write of the whole block (zarr encodes in parallel)
+            target[region] = block
+        else:  # a resumed block: only its chunks not written yet
+            for index in todo:
+                part = tuple(slice(max(i * c, s.start), min((i + 1) * c, s.stop))
+                             for i, c, s in zip(index, target.chunks, region))
+                target[part] = block[tuple(slice(p.start - s.start, p.stop - s.start)
+                                           for p, s in zip(part, region))]
+    except OSError as exc:  # disk full, file size limit: name the array
+        raise OSError(exc.errno, exc.strerror, _array_folder(target)) from None
+    if done is not None:
+        for index in todo:
+            done.mark(level, index)
+    voxels = sum(math.prod(min((i + 1) * c, s.stop) - max(i * c, s.start)
+                           for i, c, s in zip(index, target.chunks, region)) for index in todo)
+    return np.full((1,) * block.ndim, voxels, np.int64)

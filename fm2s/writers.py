@@ -1,14 +1,15 @@
 """Writing results: OME-Zarr images (with the input's metadata and a pyramid regenerated
-from the denoised data) and single-plane PNG/TIFF files, always into a hidden path beside
-the output that is renamed when complete, after checking that every chunk was written."""
+from the denoised data) and single-plane PNG/TIFF files. An OME-Zarr is written in place,
+marked as running until every chunk is checked to be there (:mod:`fm2s.runs`); a PNG or
+TIFF is written to a hidden file that is renamed when complete."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import re
 import shutil
-import uuid
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +22,10 @@ from .formats import PNG, TIFF, NgffFormat, PlaneFile, is_zarr_name, plane_file_
 from .pixels import cast_like
 from .readers import Image, is_url
 from .recipes import WRITE_CHUNK
+from .runs import COMPLETE, RUN_DIR, RUNNING, Done, part_path, work_path
+
+#: the temporary file of a chunk write by zarr's local store (``<key>.<uuid hex>.partial``)
+_PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
 
 #: side of the tiles of a TIFF output
 TIFF_TILE = 512
@@ -114,44 +119,98 @@ def downsample(level: da.Array, shape: tuple[int, ...], dtype: np.dtype) -> da.A
 
 
 class OutputImage:
-    """An image being written: a hidden folder beside the target until :meth:`commit`.
+    """An image written in place, resumably (:mod:`fm2s.runs`).
 
-    Level 0 and the pyramid are written as zarr arrays (``arrays``) in the output's NGFF
-    version; :meth:`commit` checks that every chunk of every level is there, writes the
-    metadata and renames the folder to the output path. A PNG or TIFF output is written
-    from the finished level 0 into a hidden file, then renamed.
-    A failed or interrupted run leaves nothing at the output path (call :meth:`abort`).
+    :meth:`create` makes the zarr arrays of level 0 and the pyramid in the output's NGFF
+    version, marked as a running output; :meth:`reopen` opens those of an unfinished one.
+    Tasks write chunks into ``arrays`` and mark them in ``done``. :meth:`commit` checks
+    that every chunk of every level is there, writes the image metadata and the complete
+    state last, and removes the run folder. A PNG or TIFF output is assembled in a hidden
+    zarr (:func:`fm2s.runs.work_path`), then written to a hidden file that is renamed.
     """
 
     def __init__(self, path: Path, image: Image, dtype: np.dtype,
                  plane_file: PlaneFile | None = None) -> None:
         self.path = Path(path).absolute()
         self.image = image
+        self.dtype = np.dtype(dtype)
         self.plane_file = plane_file
         self.fmt: NgffFormat = image.ngff
-        token = uuid.uuid4().hex[:8]
-        self.tmp = self.path.with_name(f".{self.path.name}.part-{token}")
-        zarr_path = self.tmp if plane_file is None else self.path.with_name(
-            f".{self.path.name}.zarr-{token}")
-        self.zarr_path = zarr_path
-        self.group = zarr.open_group(zarr_path, mode="w-", zarr_format=self.fmt.zarr_format)
-        self.arrays = []
-        levels = image.level_shapes if plane_file is None else image.level_shapes[:1]
-        for dataset, shape in zip(image.multiscale["datasets"], levels):
+        self.zarr_path = work_path(self.path, plane_file is not None)
+        self.run_dir = self.zarr_path / RUN_DIR
+        self.done = Done(str(self.run_dir))
+        self.group = None
+        self.arrays: list = []
+        self.resumable = True
+
+    @property
+    def _levels(self) -> list:
+        shapes = self.image.level_shapes if self.plane_file is None else \
+            self.image.level_shapes[:1]
+        return list(zip(self.image.multiscale["datasets"], shapes))
+
+    def create(self, record: dict | None = None, resumable: bool = True) -> OutputImage:
+        """Create the arrays, marked as a running output with the run's ``record``.
+
+        ``resumable=False`` (samples, benchmarks): chunks are written without markers, and
+        :meth:`commit` checks only that they exist."""
+        self.resumable = resumable
+        try:
+            self._create(record)
+        except BaseException:  # nothing of value yet: leave nothing
+            self.abort()
+            raise
+        return self
+
+    def _create(self, record: dict | None) -> None:
+        self.group = zarr.open_group(self.zarr_path, mode="w-",
+                                     zarr_format=self.fmt.zarr_format,
+                                     attributes={"fm2s": {"state": RUNNING,
+                                                          "run": record or {}}})
+        for dataset, shape in self._levels:
             self.arrays.append(self.group.create_array(
-                dataset["path"], shape=shape, chunks=write_chunks(shape), dtype=dtype,
+                dataset["path"], shape=shape, chunks=write_chunks(shape), dtype=self.dtype,
                 compressors=self.fmt.compressor(), fill_value=0,
-                config={"write_empty_chunks": True}, **self.fmt.array_options(image.axes)))
+                config={"write_empty_chunks": True}, **self.fmt.array_options(self.image.axes)))
+        if self.resumable:
+            (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
+
+    def reopen(self) -> OutputImage:
+        """Open the arrays of an unfinished output to go on writing them (removing the
+        temporary files of chunk writes that a killed run left)."""
+        for path in self.zarr_path.rglob("*.partial"):
+            if _PARTIAL.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+        self.group = zarr.open_group(self.zarr_path, mode="r+")
+        for dataset, shape in self._levels:
+            try:
+                array = self.group[dataset["path"]]
+            except KeyError:
+                array = None
+            if (array is None or tuple(array.shape) != tuple(shape)
+                    or array.dtype != self.dtype or array.chunks != write_chunks(shape)):
+                raise FM2SError(f"the unfinished output '{self.path}' does not hold the arrays "
+                                f"this run writes (level {dataset['path']}): pass --overwrite "
+                                "to start over")
+            self.arrays.append(array)
+        (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
+        return self
 
     def missing_chunks(self) -> list[str]:
         """Levels with chunks that were not written (``'level 0: 3 of 12 chunks missing'``)."""
         missing = []
-        for dataset, array in zip(self.image.multiscale["datasets"], self.arrays):
+        for level, ((dataset, _), array) in enumerate(zip(self._levels, self.arrays)):
             done = array.nchunks_initialized
+            if self.resumable:
+                done = min(done, len(self.done.listing(level)))
             if done != array.nchunks:
                 missing.append(f"level {dataset['path']}: {array.nchunks - done} of "
                                f"{array.nchunks} chunks missing")
         return missing
+
+    def chunks_done(self) -> int:
+        """Chunks marked as written, over all levels."""
+        return sum(len(self.done.listing(level)) for level in range(len(self.arrays)))
 
     def attributes(self, provenance: dict) -> dict:
         """Group attributes: the input's NGFF metadata in the output's version, plus provenance."""
@@ -160,33 +219,35 @@ class OutputImage:
         ms["metadata"] = {"description": "levels after the first: block means of the denoised "
                                          "level above, computed by fm2s-tile"}
         attrs = self.fmt.group_attrs(ms, copy.deepcopy(self.image.omero))
-        return {**copy.deepcopy(self.image.extra), **attrs, "fm2s": provenance}
+        return {**copy.deepcopy(self.image.extra), **attrs,
+                "fm2s": {**provenance, "state": COMPLETE}}
 
-    def commit(self, provenance: dict, overwrite: bool = False) -> None:
-        """Check every chunk was written, write the metadata, move the image to its path."""
+    def commit(self, provenance: dict) -> None:
+        """Check every chunk was written, write the metadata (the complete state last) and
+        remove the run folder; a PNG or TIFF is written and renamed to its path."""
         missing = self.missing_chunks()
         if missing:
-            raise FM2SError(f"the output was not published: {'; '.join(missing)} (a worker "
+            raise FM2SError(f"the output was not completed: {'; '.join(missing)} (a worker "
                             f"could not write to '{self.zarr_path.parent}'? every worker must "
-                            "see the output folder at the same path)")
+                            "see the output folder at the same path); it is kept: rerun with "
+                            "--resume once that is fixed")
         if self.plane_file is None:
-            self.group.attrs.update(self.attributes(provenance))
-        else:
-            self._write_plane_file(provenance)
-        old = None
-        if self.path.exists():
-            if not overwrite:
-                raise FM2SError(f"output '{self.path}' appeared while writing: it was left as "
-                                "it is; pass --overwrite to replace it")
-            old = self.path.with_name(f".{self.path.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(self.path, old)
-        os.replace(self.tmp, self.path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-        if self.plane_file is not None:
-            shutil.rmtree(self.zarr_path, ignore_errors=True)
+            try:
+                self.group.attrs.put(self.attributes(provenance))
+            except OSError as exc:  # name the metadata file
+                meta = "zarr.json" if self.fmt.zarr_format == 3 else ".zattrs"
+                raise OSError(exc.errno, exc.strerror, str(self.zarr_path / meta)) from None
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return
+        part = part_path(self.path)
+        try:
+            self._write_plane_file(part, provenance)
+            os.replace(part, self.path)
+        finally:
+            part.unlink(missing_ok=True)
+        shutil.rmtree(self.zarr_path, ignore_errors=True)
 
-    def _write_plane_file(self, provenance: dict) -> None:
+    def _write_plane_file(self, target: Path, provenance: dict) -> None:
         level0 = self.arrays[0]
         text = json.dumps({"fm2s": provenance})
         if self.plane_file is PNG:
@@ -195,7 +256,7 @@ class OutputImage:
 
             info = PngInfo()
             info.add_text("fm2s", text)
-            PILImage.fromarray(level0[:]).save(self.tmp, format="PNG", pnginfo=info)
+            PILImage.fromarray(level0[:]).save(target, format="PNG", pnginfo=info)
             return
         assert self.plane_file is TIFF
         import tifffile
@@ -212,13 +273,13 @@ class OutputImage:
                     tile[:part.shape[0], :part.shape[1]] = part
                     yield tile
 
-        tifffile.imwrite(self.tmp, tiles(), shape=(h, w), dtype=level0.dtype, tile=(t, t),
+        tifffile.imwrite(target, tiles(), shape=(h, w), dtype=level0.dtype, tile=(t, t),
                          photometric="minisblack", description=text, metadata=None,
                          bigtiff=h * w * level0.dtype.itemsize > 2**31)
 
     def abort(self) -> None:
-        """Remove the partial output."""
-        for path in {self.tmp, self.zarr_path}:
+        """Remove everything written (for callers that do not resume: samples, benchmarks)."""
+        for path in (self.zarr_path, part_path(self.path)):
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             elif path.exists():

@@ -111,3 +111,22 @@ def write_image(path: Path, image: np.ndarray) -> Path:
 
         tifffile.imwrite(path, image, photometric="minisblack")
     return Path(path)
+
+
+#: what an interrupted or failed run may leave beside or inside an output
+LEFTOVER_NAMES = (".part", ".fm2s-lock", ".fm2s-run", ".fm2s-work", ".partial", ".tmp-")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """After all tests: no temporary path of a run is left anywhere the tests wrote."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    try:
+        root = factory.getbasetemp()
+    except (OSError, ValueError):
+        return
+    left = [str(p) for p in root.rglob("*") if any(n in p.name for n in LEFTOVER_NAMES)]
+    if left:
+        print(f"\nleft behind by the tests ({len(left)}): " + ", ".join(left[:10]))
+        session.exitstatus = 1

@@ -42,3 +42,14 @@ def test_bad_options_are_refused(noisy_and_truth):
         fm2s.train(noisy, recipe="best")
     with pytest.raises(FM2SError, match="microscope"):
         fm2s.train(noisy, microscope="sem")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_apply_refuses_nan_as_train_does(quick_model, noisy_and_truth, bad):
+    """One NaN pixel would spread over the receptive field (a patch of NaN): refused."""
+    image = noisy_and_truth[0].astype(np.float32)
+    image[30, 40] = bad
+    before = image.copy()
+    with pytest.raises(FM2SError, match="NaN or infinite"):
+        fm2s.apply(quick_model, image)
+    np.testing.assert_array_equal(image, before)

@@ -162,3 +162,51 @@ def test_unreachable_scheduler_is_one_line(tmp_path, volume, quick_model):
     assert lines[0].startswith(f"error: --scheduler {address}: cannot reach a dask scheduler")
     assert time.perf_counter() - start < 30
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]
+
+
+@pytest.mark.parametrize("address, problem", [
+    ("foo", "no port"),
+    ("tcp://", "no port"),
+    ("tcp://host:notaport", "port 'notaport' is not a number from 1 to 65535"),
+    (":::", "an IPv6 address needs brackets"),
+    ("tcp://:8786", "no host"),
+    ("tcp://127.0.0.1:99999", "port '99999' is not a number"),
+    ("http://10.0.0.5:8786", "unknown protocol 'http'"),
+    ("inproc://", "unknown protocol 'inproc'"),
+])
+def test_malformed_scheduler_address_is_one_line(tmp_path, quick_model, address, problem):
+    """Refused before anything is opened or connected: fast, one line naming the flag."""
+    from conftest import write_image
+
+    image = write_image(tmp_path / "in.png", np.full((16, 24), 120, np.uint8))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*")}
+    start = time.perf_counter()
+    for command in (["apply", str(quick_model)], ["train-and-apply"]):
+        res = runner.invoke(app, [*command, str(image), "--scheduler", address])
+        assert res.exit_code == 1
+        lines = [line for line in res.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in res.output, res.output
+        assert lines[0].startswith(f"error: --scheduler {address}: {problem}")
+        assert "tcp://10.0.0.5:8786" in lines[0]
+    assert time.perf_counter() - start < 5
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*")} == before
+
+
+def test_well_formed_scheduler_addresses_pass_the_check():
+    from fm2s.cluster import check_cluster_options
+
+    for address in ("tcp://10.0.0.5:8786", "10.0.0.5:8786", "node-3:8786", "tls://h.org:1",
+                    "tcp://[::1]:8786", "ws://host:80", "TCP://Host:65535"):
+        check_cluster_options(address, None)
+
+
+def test_tls_scheduler_without_tls_settings_is_one_line(tmp_path, volume, quick_model):
+    res = runner.invoke(app, ["apply", str(quick_model), str(volume), "--scheduler",
+                              "tls://127.0.0.1:9"])
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert lines[0].startswith("error: --scheduler tls://127.0.0.1:9: cannot reach a dask "
+                               "scheduler there")
+    assert "TLS" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]

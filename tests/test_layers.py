@@ -21,8 +21,9 @@ import fm2s
 PACKAGE = Path(fm2s.__file__).resolve().parent
 ROOT = PACKAGE.parent
 
-INFERENCE = ["fm2s.runtime", "fm2s.tiling", "fm2s.readers", "fm2s.writers", "fm2s.formats",
-             "fm2s.pixels", "fm2s.normalize", "fm2s.cluster", "fm2s.jobs", "fm2s.api"]
+INFERENCE = ["fm2s.runtime", "fm2s.runs", "fm2s.tiling", "fm2s.readers", "fm2s.writers",
+             "fm2s.formats", "fm2s.pixels", "fm2s.normalize", "fm2s.cluster", "fm2s.jobs",
+             "fm2s.api"]
 #: the training side by name; any other module that imports torch at module level counts as
 #: training side too
 TORCH_SIDE = ["fm2s.network", "fm2s.noise", "fm2s.training", "fm2s.export", "fm2s.model"]

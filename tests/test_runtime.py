@@ -102,3 +102,77 @@ def test_half_precision_keeps_float32_io_and_arithmetic_outside_the_network(quic
     assert b.dtype == np.float32
     np.testing.assert_allclose(b, a, rtol=0, atol=600 * 2e-3)
     assert not np.array_equal(a, b)  # it did run in float16
+
+
+# --- fm2s models with odd metadata or another signature: one line naming the model file
+
+def _crafted_model(source, path, case):
+    """``source`` (an fm2s model) changed as ``case`` says, saved at ``path``."""
+    model = onnx.load(str(source))
+    props = {p.key: p.value for p in model.metadata_props}
+    graph = model.graph
+    if case.endswith("halo"):
+        value = {"no_halo": None, "negative_halo": "-2", "fractional_halo": "3.5",
+                 "text_halo": "five", "huge_halo": "100000", "zero_halo": "0"}[case]
+        props.pop("halo")
+        if value is not None:
+            props["halo"] = value
+    elif case == "percentiles_list":
+        props["percentiles"] = "[1, 2]"
+    elif case == "two_output_channels":
+        for node in graph.node:
+            node.output[:] = ["den1" if o == "denoised" else o for o in node.output]
+        graph.node.append(helper.make_node("Concat", ["den1", "den1"], ["denoised"], axis=1))
+        graph.output[0].type.tensor_type.shape.dim[1].dim_value = 2
+    elif case == "three_input_channels":
+        for node in graph.node:
+            node.input[:] = ["raw1" if i == "raw" else i for i in node.input]
+        graph.node.insert(0, helper.make_node("ReduceMean", ["raw"], ["raw1"], axes=[1],
+                                              keepdims=1))
+        graph.input[0].type.tensor_type.shape.dim[1].dim_value = 3
+    del model.metadata_props[:]
+    for key, value in props.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no_halo", "has fm2s metadata without a halo"),
+    ("negative_halo", "halo='-2', not a whole number of pixels"),
+    ("fractional_halo", "halo='3.5', not a whole number of pixels"),
+    ("text_halo", "halo='five', not a whole number of pixels"),
+    ("huge_halo", "halo=100000 but its network sees 5 pixel(s) away"),
+    ("zero_halo", "halo=0 but its network sees 5 pixel(s) away"),
+    ("percentiles_list", "percentiles [1, 2] are not a mapping"),
+    ("two_output_channels", "returns 'denoised' tensor(float) of shape N x 2 x H x W"),
+    ("three_input_channels", "takes 'raw' tensor(float) of shape N x 3 x H x W as input"),
+])
+def test_odd_fm2s_models_are_refused_in_one_line(tmp_path, quick_model, case, expected):
+    from conftest import write_image
+    from typer.testing import CliRunner
+
+    from fm2s.cli import app
+
+    image = write_image(tmp_path / "in.png", np.full((16, 24), 120, np.uint8))
+    model = _crafted_model(quick_model, tmp_path / f"{case}.onnx", case)
+    with pytest.raises(FM2SError, match=f"'{model}'") as info:
+        OnnxDenoiser(model, provider="cpu")
+    assert expected in str(info.value)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*")}
+    res = CliRunner().invoke(app, ["apply", str(model), str(image)])
+    assert res.exit_code != 0
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert "Traceback" not in res.output
+    assert f"'{model}'" in lines[0] and expected in lines[0]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*")} == before  # nothing written
+
+
+def test_receptive_field_of_saved_models(quick_model):
+    from fm2s.runtime import receptive_field
+
+    data = quick_model.read_bytes()
+    assert receptive_field(data) == OnnxDenoiser(data, provider="cpu").halo == 5
+    assert receptive_field(half_precision(data)) == 5  # casts move no pixel

@@ -1,8 +1,13 @@
+import math
+
 import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 
+from fm2s.pixels import MIN_SIDE
 from fm2s.runtime import OnnxDenoiser
 from fm2s.tiling import (
     block_chunks,
@@ -120,6 +125,104 @@ def test_planes_outside_the_range_are_mapped_the_same_for_any_tiling(runtime, st
         assert np.array_equal(got[i], (y - b) / a if (a, b) != (1, 0) else y)
     assert got[1].max() > 2 * data[0].max()  # not clipped at the model's range
     assert got[2].max() > runtime.reference[1]  # above the training range: not clipped
+
+
+@st.composite
+def _chunking(draw, n: int) -> tuple[int, ...]:
+    """Uneven chunk sizes that add up to ``n`` (at most 4 chunks, any sizes)."""
+    cuts = draw(st.lists(st.integers(1, n - 1), unique=True, max_size=3)) if n > 1 else []
+    edges = [0, *sorted(cuts), n]
+    return tuple(b - a for a, b in zip(edges[:-1], edges[1:]))
+
+
+@st.composite
+def _tiling_cases(draw) -> dict:
+    """A volume shape, its input chunks, plane gains and the arguments of denoise_array:
+    tiles, blocks and output chunks from smaller than the plane (many blocks, halos between
+    them) to larger (one block)."""
+    lead: tuple[int, ...] = ()
+    for _ in range(draw(st.integers(1, 3))):  # 1 to 3 leading axes, at most 4 planes
+        lead += (draw(st.integers(1, min(3, 4 // math.prod(lead)))),)
+    shape = lead + (draw(st.integers(MIN_SIDE + 1, 90)), draw(st.integers(MIN_SIDE + 1, 90)))
+    return dict(
+        shape=shape,
+        in_chunks=tuple(draw(_chunking(n)) for n in shape),
+        # 1: the model's own range; others: planes mapped into it (40 saturates uint8 into
+        # constant planes)
+        gains=draw(st.lists(st.sampled_from([1.0, 0.25, 3.0, 40.0]), min_size=math.prod(lead),
+                            max_size=math.prod(lead))),
+        tile=draw(st.integers(MIN_SIDE, 24) | st.integers(MIN_SIDE, 128)),
+        chunk=draw(st.integers(1, 24) | st.integers(1, 48) | st.integers(1, 128)),
+        block=draw(st.integers(0, 24) | st.integers(0, 128) | st.just(2048)),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def _volume(shape: tuple[int, ...], dtype: str, gains: list[float], seed: int) -> np.ndarray:
+    """Noisy planes in the quick model's range, each scaled by its gain (1: left in the
+    range, others: mapped into it); in int16 the planes of gain 0.25 shifted below zero;
+    integers rounded and clipped to their type."""
+    rng = np.random.default_rng(seed)
+    gains = np.reshape(gains, shape[:-2] + (1, 1))
+    values = (100 + rng.gamma(2.0, 8.0, shape)) * gains
+    dtype = np.dtype(dtype)
+    if dtype == np.int16:
+        values -= 100 * (gains == 0.25)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return values.astype(dtype)
+
+
+def _whole_planes(runtime: OnnxDenoiser, data: np.ndarray, maps: np.ndarray | None
+                  ) -> np.ndarray:
+    """Every plane through the model whole (with its map, if any), cast back to the input's
+    type: the reference the tiled result must equal."""
+    planes = data.reshape((-1,) + data.shape[-2:]).astype(np.float32)
+    if maps is None:
+        out = runtime(planes)
+    else:
+        out = np.empty(planes.shape, np.float32)
+        for i, (a, b, lo, hi) in enumerate(maps.reshape(-1, 4)):
+            if (a, b) == (1.0, 0.0):
+                out[i] = runtime(planes[i], (lo, hi))
+            else:
+                a, b = np.float32(a), np.float32(b)
+                out[i] = (runtime(planes[i] * a + b, (lo, hi)) - b) / a
+    if np.issubdtype(data.dtype, np.integer):
+        info = np.iinfo(data.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(data.dtype).reshape(data.shape)
+
+
+@pytest.mark.parametrize("use_maps", [False, True])
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+@settings(max_examples=15, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(case=_tiling_cases())
+# always run: several blocks per plane (the last one joined to its neighbour), planes of
+# every gain, uneven input chunks across block edges
+@example(case=dict(shape=(1, 3, 41, 37), in_chunks=((1,), (2, 1), (13, 28), (5, 17, 15)),
+                   gains=[1.0, 3.0, 0.25], tile=8, chunk=10, block=12, seed=3))
+@example(case=dict(shape=(2, 45, 59), in_chunks=((1, 1), (45,), (30, 29)), gains=[1.0, 40.0],
+                   tile=13, chunk=7, block=0, seed=4))
+def test_tiled_result_equals_whole_plane_for_any_shape_chunking_and_tile(runtime, dtype,
+                                                                         use_maps, case):
+    """Property: whatever the volume, input chunks, tile, output chunk, block side, plane
+    maps (or none) and pixel type, the tiled dask result is the whole-plane result, bit for
+    bit, in the input's type."""
+    data = _volume(case["shape"], dtype, case["gains"], case["seed"])
+    lazy = da.from_array(data, chunks=case["in_chunks"])
+    maps = (plane_maps(plane_stats(lazy).compute(scheduler="sync"), [runtime.reference])
+            if use_maps else None)
+    got = denoise_array(lazy, [runtime.data], runtime.halo, tile=case["tile"],
+                        chunk=case["chunk"], maps=maps, block=case["block"])
+    assert got.dtype == data.dtype
+    blocks = math.prod(len(c) for c in got.chunks[-2:])
+    event("several blocks per plane" if blocks > 1 else "one block per plane")
+    got = got.compute(scheduler="threads")
+    assert got.dtype == data.dtype and got.shape == data.shape
+    np.testing.assert_array_equal(got, _whole_planes(runtime, data, maps))
 
 
 def test_write_tasks_fill_the_target_once(tmp_path):

@@ -10,6 +10,8 @@ from conftest import write_ngff
 
 from fm2s.errors import FM2SError
 from fm2s.readers import check_axes, open_image
+from fm2s.runs import read_state, unfinished
+from fm2s.tiling import chunk_indices
 from fm2s.writers import OutputImage, default_output, downsample, write_chunks
 
 
@@ -114,23 +116,36 @@ def test_output_chunks_hold_one_plane():
 
 def test_aborted_output_leaves_nothing(tmp_path, stack_uint16):
     vol = open_image(write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5"))
-    out = OutputImage(tmp_path / "out.ome.zarr", vol, np.uint16)
-    assert out.tmp.exists() and not (tmp_path / "out.ome.zarr").exists()
+    out = OutputImage(tmp_path / "out.ome.zarr", vol, np.uint16).create({"command": "x"})
+    assert unfinished(tmp_path / "out.ome.zarr") == {"command": "x"}
     out.abort()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]
 
 
-def test_missing_chunks_stop_the_publish(tmp_path, stack_uint16):
-    """A chunk that no task wrote (a worker writing elsewhere) fails the run, publishes
-    nothing, and names the level."""
+def _mark_written(out, level, region):
+    for index in chunk_indices(region, out.arrays[level].chunks):
+        out.done.mark(level, index)
+
+
+def test_missing_chunks_stop_the_commit(tmp_path, stack_uint16):
+    """A chunk that no task wrote (a worker writing elsewhere) fails the run, leaves the
+    output unfinished, and names the level; a chunk written but not marked counts as missing."""
     vol = open_image(write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5"))
-    out = OutputImage(tmp_path / "out.ome.zarr", vol, np.uint16)
-    out.arrays[0][0] = stack_uint16[0]  # only the first time point
-    out.arrays[1][:] = 0
-    with pytest.raises(FM2SError, match="level s0: 6 of 12 chunks missing"):
+    out = OutputImage(tmp_path / "out.ome.zarr", vol, np.uint16).create()
+    first = (slice(0, 1),) + tuple(slice(0, n) for n in stack_uint16.shape[1:])
+    out.arrays[0][first] = stack_uint16[:1]  # only the first time point
+    _mark_written(out, 0, first)
+    out.arrays[1][:] = 0  # written, not marked
+    with pytest.raises(FM2SError, match="level s0: 6 of 12 chunks missing; level s1: 12 of"):
         out.commit({})
-    assert not (tmp_path / "out.ome.zarr").exists()
+    assert unfinished(tmp_path / "out.ome.zarr") is not None
+    assert not (tmp_path / "out.ome.zarr" / "s0" / "zarr.json").read_text() == ""
     out.arrays[0][:] = 0  # zeros are written too (no chunk is skipped as "empty")
+    for level, array in enumerate(out.arrays):
+        _mark_written(out, level, tuple(slice(0, n) for n in array.shape))
     assert out.missing_chunks() == []
     out.commit({})
-    assert (tmp_path / "out.ome.zarr" / "zarr.json").exists()
+    assert unfinished(tmp_path / "out.ome.zarr") is None
+    assert read_state(tmp_path / "out.ome.zarr")["state"] == "complete"
+    assert not (tmp_path / "out.ome.zarr" / ".fm2s-run").exists()
+    assert open_image(tmp_path / "out.ome.zarr").data.shape == stack_uint16.shape
