@@ -117,10 +117,13 @@ class RunReport:
     chunks_before: int = 0
     chunks_written: int = 0
     resumed: bool = False
+    denoised_voxels: int | None = None
 
     @property
     def voxels(self) -> int:
-        """Voxels denoised."""
+        """Voxels denoised by this run (fewer than the image's when it was resumed)."""
+        if self.denoised_voxels is not None:
+            return self.denoised_voxels
         return math.prod(self.shape)
 
 
@@ -262,7 +265,7 @@ def _per_channel(image: Image, values: np.ndarray, channel: int) -> np.ndarray:
 
 def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
              out: OutputImage, tile: int, provider: str, precision: str, run: Runner,
-             progress: ProgressDisplay, provenance: dict) -> tuple[int, float]:
+             progress: ProgressDisplay, provenance: dict) -> tuple[int, int, float]:
     """Denoise every plane not written yet, write level 0 and the pyramid, check, commit."""
     c_axis = image.c_axis if len(models) > 1 else None
     start = time.perf_counter()
@@ -284,7 +287,7 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
     seconds = time.perf_counter() - start
     out.commit({**provenance, "tile": tile, "halo": halo, "dtype": str(out.dtype),
                 "scheduler": run.describe(), "provider": provider, "precision": precision})
-    return sum(tiles), seconds
+    return sum(tiles), sum(voxels), seconds
 
 
 def _provenance(image: Image, record: dict, channels: list[dict]) -> dict:
@@ -330,8 +333,8 @@ def _finish(image: Image, out: OutputImage, record: dict, stats: np.ndarray,
             **records[c if len(records) > 1 else 0]))
     provenance = _provenance(image, record, [r.record() for r in reports])
     before = out.chunks_done()
-    tiles, seconds = _denoise(image, models, maps, halo, out, tile, provider, precision, run,
-                              progress, provenance)
+    tiles, voxels, seconds = _denoise(image, models, maps, halo, out, tile, provider,
+                                      precision, run, progress, provenance)
     total = sum(a.nchunks for a in out.arrays)
     kind = out.plane_file
     fmt = kind.name if kind is not None else f"OME-Zarr NGFF {image.ngff.version}"
@@ -340,7 +343,7 @@ def _finish(image: Image, out: OutputImage, record: dict, stats: np.ndarray,
                      1 if kind is not None else len(image.level_shapes), reports, tiles,
                      seconds, run.describe(), provider, precision, _warnings(reports),
                      chunks_before=before, chunks_written=total - before,
-                     resumed=bool(record.get("resumed")))
+                     resumed=bool(record.get("resumed")), denoised_voxels=voxels)
 
 
 def _remove(path: Path) -> None:
@@ -609,9 +612,12 @@ def _unfinished_report(source: str, run: dict) -> dict:
 def info(source: str | Path, axes: str | None = None) -> InfoReport:
     """What ``source`` holds and what ``train-and-apply`` would do with it; for an
     unfinished output, what its interrupted run wrote."""
-    run = unfinished(Path(source)) if not is_url(str(source)) else None
-    if run is not None:
-        return InfoReport(None, 0, "", str(source), _unfinished_report(str(source), run))
+    if not is_url(str(source)):
+        for plane_file in (False, True):  # an OME-Zarr, or the hidden zarr of a PNG/TIFF
+            run = unfinished(Path(source), plane_file)
+            if run is not None:
+                work = work_path(Path(source), plane_file)
+                return InfoReport(None, 0, "", str(source), _unfinished_report(str(work), run))
     image = open_image(source, axes)
     written_by = None
     if not is_url(image.source) and Path(image.source).is_dir():

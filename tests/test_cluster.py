@@ -210,3 +210,22 @@ def test_tls_scheduler_without_tls_settings_is_one_line(tmp_path, volume, quick_
                                "scheduler there")
     assert "TLS" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]
+
+
+def test_an_unreachable_scheduler_is_found_before_training(tmp_path, volume, monkeypatch):
+    """train-and-apply connects before it reads or trains anything."""
+    import fm2s.cluster
+    import fm2s.model
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before connecting to the scheduler")
+
+    monkeypatch.setattr(fm2s.model, "train_model", no_training)
+    monkeypatch.setattr(fm2s.cluster, "CONNECT_TIMEOUT", "2s")
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    res = runner.invoke(app, ["train-and-apply", str(volume), "--scheduler", address])
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    assert lines[0].startswith(f"error: --scheduler {address}: cannot reach a dask scheduler")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]

@@ -378,6 +378,9 @@ def test_a_killed_png_output_resumes_from_its_hidden_zarr(tmp_path, quick_model)
     assert not out.exists() and unfinished(out, plane_file=True) is not None
     res = CliRunner().invoke(app, ["train-and-apply", str(source), "-o", str(out)])
     assert res.exit_code == 1 and "is unfinished" in res.output and "--resume" in res.output
+    res = CliRunner().invoke(app, ["info", str(out)])
+    assert res.exit_code == 0 and "UNFINISHED" in res.output
+    assert "level 0: 1 of 1 chunks written" in res.output
     report = train_and_apply(source, out, device="cpu", train_planes=3, resume=True, **QUICK)
     assert report.resumed and report.chunks_before == 1 and report.chunks_written == 0
     reference = train_and_apply(source, tmp_path / "ref.png", device="cpu", train_planes=3,
