@@ -449,6 +449,20 @@ def _stored_model(out: OutputImage, channel: int) -> tuple[bytes, dict] | None:
     return data, record
 
 
+def _trained(model, planes: list[int]) -> tuple[bytes, dict]:
+    """A trained model's ONNX bytes and what a run keeps of it (its reference range, halo
+    and provenance record)."""
+    data = model.to_bytes()
+    config = model.config
+    return data, {"reference": list(model.reference), "halo": model.halo, "record": {
+        "model_sha256": hashlib.sha256(data).hexdigest(), "recipe": config.recipe,
+        "preset": config.microscope, "seed": config.seed,
+        "normalization": {"offset": model.normalization.offset,
+                          "scale": model.normalization.scale},
+        "training_planes": planes, "steps": config.total_steps,
+        "train_seconds": round(model.seconds, 3), "device": model.device}}
+
+
 def _keep_model(out: OutputImage, channel: int, data: bytes, record: dict) -> None:
     folder = out.run_dir / "models"
     write_atomic(folder / f"c{channel}.onnx", data)
@@ -518,15 +532,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                         stack = np.asarray(planes[index].compute())
                     model = train_model(stack, config, device, progress.steps(
                         f"training channel {c} ({len(index)} planes)"))
-                    data = model.to_bytes()
-                    stored = data, {"reference": list(model.reference), "halo": model.halo,
-                                    "record": {
-                        "model_sha256": hashlib.sha256(data).hexdigest(), "recipe": recipe,
-                        "preset": config.microscope, "seed": seed,
-                        "normalization": {"offset": model.normalization.offset,
-                                          "scale": model.normalization.scale},
-                        "training_planes": index, "steps": config.total_steps,
-                        "train_seconds": round(model.seconds, 3), "device": model.device}}
+                    stored = _trained(model, index)
                     _keep_model(out, c, *stored)
                 data, kept = stored
                 if paths:
