@@ -3,7 +3,6 @@ ground truth, denoised by ``train-and-apply``, scored against the truth."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from .formats import V05
 from .jobs import RunReport, train_and_apply
 from .progress import ProgressDisplay
 from .readers import Image
+from .runs import remove
 from .sample import psnr, synthetic_stack
 from .writers import OutputImage, downsample
 
@@ -58,8 +58,7 @@ def write_sample(path: str | Path, seed: int = 0,
     for array, target in ((noisy, path), (truth, truth_path)):
         image = Image(da.from_array(array, chunks=(1, 1, 1, h, w)), "tczyx", "synthetic",
                       "synthetic", V05, ms, levels, omero=omero)
-        if target.exists():  # overwrite (checked above)
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        remove(target)  # overwrite (checked above)
         out = OutputImage(target, image, array.dtype).create(resumable=False)
         try:
             with dask.config.set(scheduler="threads"):

@@ -14,7 +14,6 @@ import hashlib
 import itertools
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +47,7 @@ from .runs import (
     leftovers,
     read_state,
     refuse_unfinished,
+    remove,
     unfinished,
     work_path,
     write_atomic,
@@ -346,13 +346,6 @@ def _finish(image: Image, out: OutputImage, record: dict, stats: np.ndarray,
                      resumed=bool(record.get("resumed")), denoised_voxels=voxels)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def _settings(image: Image, stats: np.ndarray, out_dtype: np.dtype, kind, **settings) -> dict:
     """What decides an output's bytes: a resumed run must have the same."""
     return json.loads(json.dumps({
@@ -387,7 +380,7 @@ def _start(image: Image, output: Path, kind, dtype: np.dtype, settings: dict,
         raise FM2SError(f"output '{output}' appeared while this run prepared: it was left as "
                         "it is; pass --overwrite to replace it")
     for path in {output, work_path(output, plane_file), *leftovers(output)}:
-        _remove(path)
+        remove(path)
     record = {"command": command, "started": datetime.now(UTC).isoformat(timespec="seconds"),
               "settings": settings}
     try:

@@ -21,6 +21,7 @@ from .network import FM2SNet
 from .normalize import Normalization, fit_normalization, stack_stats
 from .pixels import check_pixel_type, check_plane_shape
 from .recipes import TrainConfig
+from .runs import write_atomic
 from .runtime import OnnxDenoiser
 from .training import resolve_device, train_network
 
@@ -103,12 +104,7 @@ class TrainedModel:
             raise FM2SError(f"model path '{path}' should end in .onnx")
         if not path.parent.is_dir():
             raise FM2SError(f"folder '{path.parent}' of the model path does not exist: create it")
-        tmp = path.with_name(f".{path.name}.part")
-        try:
-            tmp.write_bytes(self.to_bytes())
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomic(path, self.to_bytes())
         return path
 
 

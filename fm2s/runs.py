@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -66,6 +67,15 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a folder tree (nothing if it is not there)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def read_state(zarr_path: Path) -> dict | None:
@@ -256,5 +266,5 @@ def leftovers(output: Path) -> Iterator[Path]:
 
 
 __all__ = ["RUN_DIR", "RUNNING", "COMPLETE", "Interrupted", "work_path", "lock_path",
-           "part_path", "write_atomic", "read_state", "unfinished", "refuse_unfinished",
+           "part_path", "write_atomic", "remove", "read_state", "unfinished", "refuse_unfinished",
            "Done", "RunLock", "leftovers"]

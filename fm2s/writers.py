@@ -22,7 +22,7 @@ from .formats import PNG, TIFF, NgffFormat, PlaneFile, is_zarr_name, plane_file_
 from .pixels import cast_like
 from .readers import Image, is_url
 from .recipes import WRITE_CHUNK
-from .runs import COMPLETE, RUN_DIR, RUNNING, Done, part_path, work_path
+from .runs import COMPLETE, RUN_DIR, RUNNING, Done, part_path, remove, work_path
 
 #: the temporary file of a chunk write by zarr's local store (``<key>.<uuid hex>.partial``)
 _PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
@@ -280,7 +280,4 @@ class OutputImage:
     def abort(self) -> None:
         """Remove everything written (for callers that do not resume: samples, benchmarks)."""
         for path in (self.zarr_path, part_path(self.path)):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.exists():
-                path.unlink()
+            remove(path)

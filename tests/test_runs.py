@@ -106,19 +106,22 @@ def _attrs(path: Path) -> dict:
     return fm2s
 
 
-def _chunk_stats(out: Path) -> dict[str, tuple[int, int]]:
-    """(inode, mtime) of the chunk file of every marked chunk of an unfinished output."""
+def _chunk_stats(out: Path, names: list[str] | None = None) -> dict[str, tuple[int, int]]:
+    """(inode, mtime) of the chunk file of each chunk named ``level/key`` (default: every
+    chunk marked as written in the output's run folder)."""
     import zarr
 
     group = zarr.open_group(out, mode="r")
+    if names is None:
+        done = Done(str(out / ".fm2s-run"))
+        names = [f"{level}/{key}" for level in (0, 1) for key in done.listing(level)]
     stats = {}
-    for level, name in enumerate(("s0", "s1")):
-        array = group[name]
-        for key in Done(str(out / ".fm2s-run")).listing(level):
-            index = tuple(int(i) for i in key.split("."))
-            chunk = out / name / array.metadata.encode_chunk_key(index)
-            st = chunk.stat()
-            stats[f"{level}/{key}"] = (st.st_ino, st.st_mtime_ns)
+    for name in names:
+        level, key = name.split("/")
+        array = group[f"s{level}"]
+        index = tuple(int(i) for i in key.split("."))
+        st = (out / f"s{level}" / array.metadata.encode_chunk_key(index)).stat()
+        stats[name] = (st.st_ino, st.st_mtime_ns)
     return stats
 
 
@@ -160,27 +163,12 @@ def test_a_killed_run_resumes_to_the_same_bytes(volume, reference, tmp_path, whe
     assert report.resumed and report.chunks_before == len(finished)
     assert report.chunks_written == 24 - len(finished)
     assert any("taken over" in w for w in report.warnings)  # the stale lock
-    after = _chunk_stats_of_complete(out, finished)
+    after = _chunk_stats(out, list(finished))
     assert after == finished  # no finished chunk was written again
     assert tree_bytes(out) == tree_bytes(reference)
     assert _attrs(out) == _attrs(reference)
     assert read_state(out)["resumed"] == 1
     _no_leftovers(tmp_path)
-
-
-def _chunk_stats_of_complete(out: Path, finished: dict) -> dict:
-    import zarr
-
-    group = zarr.open_group(out, mode="r")
-    stats = {}
-    for name in finished:
-        level, key = name.split("/")
-        index = tuple(int(i) for i in key.split("."))
-        array = f"s{level}"
-        chunk = out / array / group[array].metadata.encode_chunk_key(index)
-        st = chunk.stat()
-        stats[name] = (st.st_ino, st.st_mtime_ns)
-    return stats
 
 
 def test_an_unfinished_output_is_reported_and_refused_as_input(volume, quick_model,
