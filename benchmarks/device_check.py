@@ -23,11 +23,13 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FMD = ROOT.parent / "shared" / "data" / "fmd"
+# FM2S_FMD: the FMD folder carried to the device machine (it has no ../shared)
+FMD = Path(os.environ.get("FM2S_FMD", ROOT.parent / "shared" / "data" / "fmd"))
 
 
 def write(out: Path, name: str, data) -> None:
@@ -118,7 +120,7 @@ def bench_step(out: Path, provider: str, shape: str, tile: int, timeout: float,
         write(out, "bench_error.json", {"exit_code": code, "output": text[-4000:]})
 
 
-def _images(out: Path, quick: bool) -> list[tuple[str, Path, Path | None, str]]:
+def _images(work: Path, quick: bool) -> list[tuple[str, Path, Path | None, str]]:
     """(name, raw, truth or None, microscope) of the six FMD images, or synthetic ones."""
     if (FMD / "raw").is_dir():
         groups = sorted(p.stem for p in (FMD / "gt").glob("*.png"))[: 1 if quick else None]
@@ -132,10 +134,10 @@ def _images(out: Path, quick: bool) -> list[tuple[str, Path, Path | None, str]]:
     images = []
     for k in range(1 if quick else 6):
         noisy, truth = synthetic_image((512, 512), np.random.default_rng(k), offset=0.0)
-        raw = out / f"synthetic{k}.png"
+        raw = work / f"synthetic{k}.png"
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(raw)
-        np.save(out / f"synthetic{k}.truth.npy", truth)
-        images.append((f"synthetic{k}", raw, out / f"synthetic{k}.truth.npy", "confocal"))
+        np.save(work / f"synthetic{k}.truth.npy", truth)
+        images.append((f"synthetic{k}", raw, work / f"synthetic{k}.truth.npy", "confocal"))
     return images
 
 
@@ -147,9 +149,10 @@ def train_step(out: Path, device: str, quick: bool, timeout: float) -> None:
 
     rows = []
     deadline = time.perf_counter() + timeout
-    for name, raw, truth_path, microscope in _images(out, quick):
+    work = Path(tempfile.mkdtemp(prefix="fm2s-device-"))  # images stay out of --out
+    for name, raw, truth_path, microscope in _images(work, quick):
         for precision in ("fp32", "fp16") if device == "cuda" else ("fp32",):
-            result = out / f"{name}.{precision}.png"
+            result = work / f"{name}.{precision}.png"
             left = deadline - time.perf_counter()
             if left < 5:
                 rows.append({"image": name, "precision": precision, "skipped": "out of time"})

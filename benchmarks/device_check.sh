@@ -10,6 +10,9 @@
 # keeps /tmp for 30 s after a call, so two calls right after each other:
 #   run(command="bash benchmarks/device_check.sh --unpack-only", carry=[".ort"], timeout_s=120)
 #   run(command="bash benchmarks/device_check.sh", carry=[".whl"], timeout_s=540)
+# To train on the real FMD images there (the device has no ../shared), copy the six *_1.png
+# and gt/*.png to an ignored .fmd/{raw,gt} and run it as FM2S_FMD=$PWD/.fmd bash ...,
+# carrying [".whl", ".fmd"] (1.9 MB more).
 # Elsewhere (a GPU box with the project installed) just run it: the carry steps are skipped
 # when .ort/.whl are absent.
 # `bash benchmarks/device_check.sh --cpu` is a dry run of every step on the CPU provider.
