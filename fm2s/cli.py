@@ -126,6 +126,10 @@ OutPath = Annotated[Path | None, typer.Option(
     "-o", "--output", help="Output. Default: next to the input, '.fm2s' before the extension "
     "(volumes: an OME-Zarr, e.g. stack.fm2s.ome.zarr).", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Preview = Annotated[Path | None, typer.Option(
+    "--preview", metavar="PATH.png", help="Also write a PNG of a crop of the raw input, the "
+    "denoised output and their difference (one row per channel), to judge the result at a "
+    "glance.", show_default=False)]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 Resume = Annotated[bool, typer.Option(
     "--resume", help="Complete an unfinished output left by an interrupted run of the same "
@@ -176,7 +180,8 @@ def format_run(report) -> str:
         else:
             head += f"model {ch.model_file} ({ch.recipe}/{ch.preset})"
         if ch.model_file and ch.steps is not None:
-            head += f", saved to {ch.model_file}"
+            head += f", saved to {ch.model_file}" + (
+                " (bioimage.io model package)" if ch.model_file.endswith(".zip") else "")
         lines.append(head)
     rate = report.voxels / max(report.apply_seconds, 1e-9) / 1e6
     arith = "" if report.precision == "fp32" else f", {report.precision}"
@@ -185,6 +190,8 @@ def format_run(report) -> str:
     if report.resumed:
         lines.append(f"  resumed: {report.chunks_before} chunk(s) were written before, "
                      f"{report.chunks_written} now")
+    if report.preview:
+        lines.append(f"  preview: {report.preview}")
     lines += [f"warning: {w}" for w in report.warnings]
     return "\n".join(lines)
 
@@ -259,8 +266,10 @@ def train_and_apply_cmd(
     scheduler: Scheduler = None,
     dtype: DtypeOpt = Dtype["input"],
     save_model: Annotated[Path | None, typer.Option(
-        help="Also save the trained model(s) as ONNX: this path for one channel, "
-        "<stem>_c<k>.onnx for each channel k otherwise.", show_default=False)] = None,
+        help="Also save the trained model(s): NAME.onnx as ONNX, NAME.zip as a bioimage.io "
+        "model package (ONNX and TorchScript weights, test tensors, cover, documentation); "
+        "this path for one channel, <stem>_c<k>.onnx / .zip for each channel k otherwise.",
+        show_default=False)] = None,
     views: Annotated[int | None, typer.Option(
         help="Test-time views averaged by the model: 1, 2 (the image and its 180-degree "
         "rotation) or 4 (its flips); each costs one network pass. Default: the recipe's "
@@ -268,6 +277,7 @@ def train_and_apply_cmd(
     precision: PrecisionOpt = Precision["fp32"],
     axes: Axes = None,
     ngff: NgffOpt = None,
+    preview: Preview = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
@@ -280,14 +290,15 @@ def train_and_apply_cmd(
         seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,
         dtype=dtype.value, save_model=save_model, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, views=views,
-        command=_command(), progress=_progress(quiet))))
+        preview=preview, command=_command(), progress=_progress(quiet))))
 
 
 @app.command("apply")
 def apply_cmd(
     model: Annotated[str, typer.Argument(
-        help="Model saved with --save-model (.onnx): one for all channels, a comma-separated "
-        "list with one per channel, or the --save-model path of a multi-channel run.",
+        help="Model saved with --save-model (.onnx, or a .zip bioimage.io package): one for "
+        "all channels, a comma-separated list with one per channel, or the --save-model path "
+        "of a multi-channel run.",
         show_default=False)],
     image: InPath,
     output: OutPath = None,
@@ -300,6 +311,7 @@ def apply_cmd(
     precision: PrecisionOpt = Precision["fp32"],
     axes: Axes = None,
     ngff: NgffOpt = None,
+    preview: Preview = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
@@ -310,8 +322,8 @@ def apply_cmd(
     typer.echo(format_run(apply(
         model, image, output, provider=provider.value, tile=tile, workers=workers,
         scheduler=scheduler, dtype=dtype.value, overwrite=overwrite, resume=resume, axes=axes,
-        ngff=ngff.value if ngff else None, precision=precision.value, command=_command(),
-        progress=_progress(quiet))))
+        ngff=ngff.value if ngff else None, precision=precision.value, preview=preview,
+        command=_command(), progress=_progress(quiet))))
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -428,7 +440,8 @@ def demo_cmd(
     seed: Annotated[int, typer.Option(min=0, help="Seed of the sample and the training.")] = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Write the synthetic sample stack, train-and-apply on it, report the PSNR gain."""
+    """Write the synthetic sample stack, train-and-apply on it, report the PSNR gain (and
+    a preview figure, preview.png, in the folder)."""
     from .demo import demo
 
     report = demo(folder, seed=seed, progress=_progress(quiet), command=_command())

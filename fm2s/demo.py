@@ -84,13 +84,17 @@ class DemoReport:
 
 def demo(folder: str | Path, seed: int = 0, progress: ProgressDisplay | None = None,
          command: str | None = None) -> DemoReport:
-    """Write the synthetic sample to ``folder``, train-and-apply on it, score it."""
+    """Write the synthetic sample to ``folder``, train-and-apply on it, score it.
+
+    Beside the sample and its denoised copy, ``preview.png`` shows a crop of both and their
+    difference per channel (:mod:`fm2s.preview`).
+    """
     folder = Path(folder).absolute()
     folder.mkdir(parents=True, exist_ok=True)
     noisy_path, truth_path = write_sample(folder / "sample.ome.zarr", seed=seed, overwrite=True)
     output = folder / "sample.fm2s.ome.zarr"
     run = train_and_apply(noisy_path, output, seed=seed, overwrite=True, progress=progress,
-                          command=command)
+                          command=command, preview=folder / "preview.png")
     noisy, truth = zarr.open_array(noisy_path / "0")[:], zarr.open_array(truth_path / "0")[:]
     clean = zarr.open_array(output / "0")[:]
     plane = noisy.shape[-2:]

@@ -28,6 +28,7 @@ import numpy as np
 from ._version import __version__
 from .cluster import Runner, check_cluster_options, runner
 from .errors import FM2SError, ParameterError
+from .package import build_package, is_package, model_bytes, package_name, read_package
 from .pixels import MIN_SIDE
 from .progress import ProgressDisplay
 from .readers import Image, is_url, open_image
@@ -118,6 +119,7 @@ class RunReport:
     chunks_written: int = 0
     resumed: bool = False
     denoised_voxels: int | None = None
+    preview: str | None = None
 
     @property
     def voxels(self) -> int:
@@ -154,23 +156,28 @@ def training_planes(n_planes: int, k: int) -> list[int]:
 
 
 def model_paths(save_model: str | Path | None, channels: int, overwrite: bool) -> list[Path]:
-    """Where ``save_model=PATH`` puts models: PATH for one channel, else ``<stem>_c<k>.onnx``."""
+    """Where ``save_model=PATH`` puts models: PATH for one channel, else ``<stem>_c<k>.onnx``
+    (``.zip``: bioimage.io model packages, ``<stem>_c<k>.zip``)."""
     if save_model is None:
         return []
     save_model = Path(save_model)
-    if save_model.suffix.lower() != ".onnx":
-        raise ParameterError("save_model", str(save_model), "give a path ending in .onnx")
+    suffix = save_model.suffix.lower()
+    if suffix not in (".onnx", ".zip"):
+        raise ParameterError("save_model", str(save_model), "give a path ending in .onnx (the "
+                             "ONNX model) or .zip (a bioimage.io model package)")
     paths = ([save_model] if channels == 1 else
-             [save_model.with_name(f"{save_model.stem}_c{k}.onnx") for k in range(channels)])
+             [save_model.with_name(f"{save_model.stem}_c{k}{suffix}") for k in range(channels)])
     return [check_new_path(p, overwrite, "model") for p in paths]
 
 
 def resolve_models(spec: str | Path, channels: int) -> list[Path]:
     """Model files for ``apply``: one for every channel, a comma-separated list with one
-    per channel, or the ``save_model`` path of a multi-channel run (``<stem>_c<k>.onnx``)."""
+    per channel, or the ``save_model`` path of a multi-channel run (``<stem>_c<k>.onnx``,
+    or ``<stem>_c<k>.zip`` for bioimage.io packages)."""
     parts = [Path(p).absolute() for p in str(spec).split(",") if p]
     if not parts:
-        raise ParameterError("model", str(spec), "give the path of a saved .onnx model")
+        raise ParameterError("model", str(spec), "give the path of a saved .onnx model or "
+                             ".zip package")
     if len(parts) > 1:
         if len(parts) != channels:
             raise ParameterError("model", str(spec), f"{len(parts)} models for {channels} "
@@ -179,7 +186,8 @@ def resolve_models(spec: str | Path, channels: int) -> list[Path]:
     path = parts[0]
     if path.is_file():
         return [path]
-    per_channel = [path.with_name(f"{path.stem}_c{k}.onnx") for k in range(channels)]
+    suffix = ".zip" if is_package(path) else ".onnx"
+    per_channel = [path.with_name(f"{path.stem}_c{k}{suffix}") for k in range(channels)]
     if channels > 1 and all(p.is_file() for p in per_channel):
         return per_channel
     raise FM2SError(f"model file '{path}' does not exist"
@@ -222,6 +230,53 @@ def _check_output(image: Image, output: str | Path | None, overwrite: bool, resu
             raise FM2SError(f"output '{path}' is complete already: nothing to resume (pass "
                             "--overwrite instead to compute it again)")
     return check_new_path(path, overwrite, "output", folder=not plane_file), kind
+
+
+def _check_preview(preview: str | Path | None, output: Path, source: str,
+                   overwrite: bool) -> Path | None:
+    """The path of the preview figure, checked before any work: a ``.png`` in an existing
+    folder, neither the input nor the output nor inside them, refused if it exists (unless
+    ``overwrite``). Writes nothing."""
+    if preview is None:
+        return None
+    path = Path(preview).absolute()
+
+    def bad(problem: str) -> ParameterError:
+        return ParameterError("preview", str(preview), problem)
+
+    if path.suffix.lower() != ".png":
+        raise bad("give a path ending in .png")
+    for what, other in (("output", output), ("input", None if is_url(source) else source)):
+        if other is not None:
+            other, here = Path(other).resolve(), path.resolve()
+            if here == other or other in here.parents:
+                raise bad(f"it would overwrite or lie in the {what}: choose another path")
+    if path.is_dir():
+        raise bad("it is a folder: give a file name")
+    if path.exists() and not overwrite:
+        raise bad("it exists: remove it, choose another path or pass --overwrite")
+    if not path.parent.is_dir():
+        raise bad(f"its folder '{path.parent}' does not exist: create it first")
+    return path
+
+
+def _previewed(report: RunReport, image: Image, path: Path | None) -> RunReport:
+    """Write the preview figure (:mod:`fm2s.preview`) of a complete output to ``path``,
+    from one plane of the input and of the written output; the report, with its path."""
+    if path is None:
+        return report
+    from .preview import figure, png_bytes
+
+    try:
+        written = open_image(report.output)
+        with dask.config.set(scheduler="threads"):
+            rgb = figure(image.data, written.data, image.axes, image.multiscale, image.omero)
+        write_atomic(path, png_bytes(rgb))
+    except OSError as exc:
+        raise FM2SError(f"cannot write the preview '{path}' ({exc.strerror or exc}); the "
+                        f"output '{report.output}' is complete: fix that and rerun with "
+                        "--overwrite for the preview") from None
+    return dataclasses.replace(report, preview=str(path))
 
 
 def _check_tile(tile: int | None, provider: str) -> int:
@@ -462,12 +517,25 @@ def _keep_model(out: OutputImage, channel: int, data: bytes, record: dict) -> No
     write_atomic(folder / f"c{channel}.json", json.dumps(record).encode())
 
 
+def _kept_package(out: OutputImage, channel: int, sha256: str) -> bytes:
+    """The bioimage.io package of ``channel``'s model, built right after training (it needs
+    the torch model and the training planes) and kept beside the model for a resumed run."""
+    path = out.run_dir / "models" / f"c{channel}.zip"
+    if not path.is_file() or hashlib.sha256(read_package(path)[0]).hexdigest() != sha256:
+        raise FM2SError(f"the interrupted run kept the model of channel {channel} but no "
+                        "bioimage.io package of it (it was started without --save-model "
+                        "NAME.zip): save the ONNX model instead (--save-model NAME.onnx), or "
+                        "pass --overwrite to train again")
+    return path.read_bytes()
+
+
 def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     recipe: str = DEFAULT_RECIPE, microscope: str = DEFAULT_MICROSCOPE,
                     device: str = "auto", seed: int = 0,
                     train_planes: int = DEFAULT_TRAIN_PLANES, tile: int | None = None,
                     scheduler: str | None = None, workers: int | None = None,
                     dtype: str | None = None, save_model: str | Path | None = None,
+                    preview: str | Path | None = None,
                     overwrite: bool = False, resume: bool = False, axes: str | None = None,
                     ngff: str | None = None, precision: str = "fp32", views: int | None = None,
                     command: str | None = None, progress: ProgressDisplay | None = None,
@@ -479,7 +547,9 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     for a 2D file, else ``.fm2s.ome.zarr``). ``overrides`` change schedule fields of the
     recipe (see :func:`fm2s.recipes.make_config`); ``views`` replaces the recipe's
     test-time views (1, 2 or 4). ``precision="fp16"`` runs the network in float16 on
-    the CUDA provider. Nothing is written when an input or option is bad.
+    the CUDA provider. ``preview``: a ``.png`` path for a figure of a crop of the raw, the
+    denoised and their difference per channel (:mod:`fm2s.preview`), written once the
+    output is complete. Nothing is written when an input or option is bad.
 
     The output is written in place and marked unfinished until complete; an interrupted
     run is continued with ``resume=True`` (same input and settings): the models it trained
@@ -497,6 +567,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     output, kind = _check_output(image, output, overwrite, resume, dtype_out)
     resuming = resume and unfinished(output, kind is not None) is not None
     paths = model_paths(save_model, image.channels, overwrite or resuming)
+    preview = _check_preview(preview, output, image.source, overwrite)
     if tile is not None:
         _check_tile(tile, "cpu")
     training_planes(1, train_planes)
@@ -516,6 +587,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                              resume)
         with _resumable(output):
             models, references, records, halos = [], [], [], []
+            packages = bool(paths) and is_package(paths[0])
             for c in range(image.channels):
                 stored = _stored_model(out, c)
                 if stored is None:
@@ -526,10 +598,16 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     model = train_model(stack, config, device, progress.steps(
                         f"training channel {c} ({len(index)} planes)"))
                     stored = _trained(model, index)
+                    if packages:
+                        write_atomic(out.run_dir / "models" / f"c{c}.zip", build_package(
+                            model, stack, onnx=stored[0], name=package_name(paths[c].stem),
+                            source=image.source, channel=c if image.channels > 1 else None,
+                            training_planes=index))
                     _keep_model(out, c, *stored)
                 data, kept = stored
                 if paths:
-                    write_atomic(paths[c], data)
+                    write_atomic(paths[c], _kept_package(out, c, kept["record"]["model_sha256"])
+                                 if packages else data)
                 models.append(data)
                 references.append(tuple(kept["reference"]))
                 halos.append(int(kept["halo"]))
@@ -538,9 +616,10 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
             devices = {r["device"] for r in records}
             provider = "cpu" if devices == {"cpu"} and precision == "fp32" else "auto"
             tile = _check_tile(tile, provider)
-            return _noting(lock, _finish(image, out, record, stats, models, references,
-                                         max(halos), records, tile, provider, precision, run,
-                                         progress))
+            report = _noting(lock, _finish(image, out, record, stats, models, references,
+                                           max(halos), records, tile, provider, precision,
+                                           run, progress))
+        return _previewed(report, image, preview)
 
 
 def apply(model: str | Path, source: str | Path, output: str | Path | None = None, *,
@@ -548,13 +627,15 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
           workers: int | None = None, dtype: str | None = None, overwrite: bool = False,
           resume: bool = False, axes: str | None = None, ngff: str | None = None,
           precision: str = "fp32", command: str | None = None,
-          progress: ProgressDisplay | None = None) -> RunReport:
+          progress: ProgressDisplay | None = None,
+          preview: str | Path | None = None) -> RunReport:
     """Denoise any input with saved models (one for all channels or one per channel).
 
     Planes outside the range a model was trained on are mapped into it and back (see
     :func:`fm2s.normalize.range_map`); the report's ``warnings`` say so.
     ``precision="fp16"`` runs the network in float16 on the CUDA provider. ``resume``
     continues an interrupted run on the same output (see :func:`train_and_apply`).
+    ``preview``: a ``.png`` path for the preview figure (see :func:`train_and_apply`).
     """
     refuse_unfinished(str(source))
     image = open_image(source, axes, ngff)
@@ -564,7 +645,9 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
     check_precision(precision, provider)
     tile = _check_tile(tile, provider)
     paths = resolve_models(model, image.channels)
-    runtimes = [OnnxDenoiser(p, provider="cpu") for p in paths]
+    preview = _check_preview(preview, output, image.source, overwrite)
+    models = [model_bytes(p) for p in paths]  # a .zip package: its ONNX weights
+    runtimes = [OnnxDenoiser(m, provider="cpu", name=f"'{p}'") for p, m in zip(paths, models)]
     records = [{"model_sha256": r.sha256, "model_file": str(p),
                 "recipe": r.metadata.get("recipe"), "preset": r.metadata.get("preset"),
                 "seed": int(r.metadata["seed"]) if r.metadata.get("seed", "").isdigit()
@@ -572,7 +655,6 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
                 "normalization": {"offset": r.reference[0],
                                   "scale": r.reference[1] - r.reference[0]}}
                for p, r in zip(paths, runtimes)]
-    models = [p.read_bytes() for p in paths]
     halo = max(r.halo for r in runtimes)
     progress = progress or ProgressDisplay(quiet=True)
     with runner(scheduler, workers) as run, RunLock(output) as lock, progress:
@@ -583,9 +665,10 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
         out, record = _start(image, output, kind, dtype_out, settings, command, overwrite,
                              resume)
         with _resumable(output):
-            return _noting(lock, _finish(image, out, record, stats, models,
-                                         [r.reference for r in runtimes], halo, records, tile,
-                                         provider, precision, run, progress))
+            report = _noting(lock, _finish(image, out, record, stats, models,
+                                           [r.reference for r in runtimes], halo, records,
+                                           tile, provider, precision, run, progress))
+        return _previewed(report, image, preview)
 
 
 def _unfinished_report(source: str, run: dict) -> dict:

@@ -271,6 +271,8 @@ class OnnxDenoiser:
         Also check that the metadata's halo is the network's receptive field
         (:func:`receptive_field`) and run the model once on a small plane. Metadata,
         inputs and outputs are checked in any case.
+    name
+        How messages name model bytes (default "the model"), e.g. the package they came from.
 
     Raises
     ------
@@ -281,7 +283,7 @@ class OnnxDenoiser:
     """
 
     def __init__(self, model: str | Path | bytes, provider: str = "auto", threads: int = 0,
-                 precision: str = "fp32", verify: bool = True) -> None:
+                 precision: str = "fp32", verify: bool = True, name: str | None = None) -> None:
         ort = _ort()
         if isinstance(model, (str, Path)):
             path = Path(model)
@@ -290,7 +292,7 @@ class OnnxDenoiser:
             data = path.read_bytes()
             name = f"'{path}'"
         else:
-            data, name = model, "the model"
+            data, name = model, name or "the model"
         options = ort.SessionOptions()
         options.log_severity_level = 3
         options.intra_op_num_threads = threads

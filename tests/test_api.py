@@ -53,3 +53,86 @@ def test_apply_refuses_nan_as_train_does(quick_model, noisy_and_truth, bad):
     with pytest.raises(FM2SError, match="NaN or infinite"):
         fm2s.apply(quick_model, image)
     np.testing.assert_array_equal(image, before)
+
+
+# --------------------------------------------------------------------------------------
+# denoise() on stacks: one model per channel, trained on planes spread over the channel
+
+TINY = dict(samples=2, warmup_steps=1)  # a schedule of about a second
+
+
+def _stack(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """A noisy uint16 stack of ``shape`` (its last dimensions of a TCZYX sample)."""
+    from fm2s.sample import synthetic_stack
+
+    full = (1,) * (5 - len(shape)) + tuple(shape)
+    return synthetic_stack(full, np.random.default_rng(seed))[0].reshape(shape)
+
+
+def test_denoise_a_stack_trains_each_channel_on_its_spread_planes(tmp_path):
+    """czyx (the default for 4D): channel k's model is train() on the planes that
+    training_planes() picks, applied to every plane of the channel; read plane by plane."""
+    import dask.array as da
+
+    from fm2s.jobs import training_planes
+
+    stack = _stack((2, 5, 40, 44), 3)
+    calls = []
+    out = fm2s.denoise(da.from_array(stack, chunks=(1, 1, 40, 44)), device="cpu",
+                       train_planes=2, save_model=tmp_path / "m.onnx",
+                       progress=lambda done, total: calls.append((done, total)), **TINY)
+    assert out.shape == stack.shape and out.dtype == stack.dtype
+    total = 2 * (fm2s.recipes.make_config(**TINY).total_steps + 5)
+    assert {t for _, t in calls} == {total} and calls[-1] == (total, total)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert training_planes(5, 2) == [0, 4]
+    for k in range(2):
+        model = fm2s.train(stack[k, [0, 4]], device="cpu", **TINY)
+        np.testing.assert_array_equal(out[k], fm2s.apply(model, stack[k]))
+        saved = tmp_path / f"m_c{k}.onnx"
+        np.testing.assert_array_equal(out[k], fm2s.apply(saved, stack[k], provider="cpu"))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_denoise_of_one_plane_is_the_2d_engine_and_axes_name_the_stack():
+    stack = _stack((3, 40, 40), 4)
+    as_stack = fm2s.denoise(stack, axes="zyx", device="cpu", **TINY)  # one model, 3 planes
+    as_channels = fm2s.denoise(stack, axes="cyx", device="cpu", **TINY)  # 3 single planes
+    assert not np.array_equal(as_stack, as_channels)
+    np.testing.assert_array_equal(as_channels[1], fm2s.denoise(stack[1], device="cpu", **TINY))
+    assert fm2s.api.axes_for(3) == ["zyx", "tyx", "cyx"]
+    assert fm2s.api.axes_for(4)[0] == "czyx" and fm2s.api.axes_for(5) == ["tczyx"]
+
+
+@pytest.mark.parametrize("shape, axes, match", [
+    ((3, 20, 20), "xyz", "axes='xyz'"),
+    ((2, 3, 20, 20), "tyx", "axes='tyx'"),
+    ((2, 2, 2, 2, 2, 20, 20), None, "2 to 5 dimensions"),
+    ((20,), None, "2 to 5 dimensions"),
+])
+def test_denoise_refuses_bad_axes(shape, axes, match):
+    with pytest.raises(FM2SError, match=match):
+        fm2s.denoise(np.zeros(shape, np.uint8), axes=axes, **TINY)
+
+
+def test_a_progress_callback_that_raises_stops_the_work_and_saves_nothing(tmp_path):
+    """... and its total shows the stack schedule (a model serving 3 planes trains on the
+    stack's samples, as in train-and-apply) unless samples are given."""
+    stack = _stack((3, 40, 40), 4)
+    seen = []
+
+    def stop(done, total):
+        seen.append((done, total))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fm2s.denoise(stack, device="cpu", save_model=tmp_path / "m.onnx", progress=stop,
+                     steps_per_sample=1)
+    stack_steps = fm2s.recipes.config_for("fast", "confocal", 0, 3, steps_per_sample=1)
+    assert stack_steps.total_steps > fm2s.recipes.make_config(steps_per_sample=1).total_steps
+    assert len(seen) == 1 and seen[0][1] == stack_steps.total_steps + 3
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    with pytest.raises(FM2SError, match="exists"):  # checked before any training
+        fm2s.denoise(stack, device="cpu", save_model=tmp_path / "m.onnx", progress=stop)
+    assert len(seen) == 1

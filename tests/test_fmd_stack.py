@@ -1,5 +1,7 @@
-"""FMD captures as a T=4 timelapse (NGFF 0.4, ome-zarr-py) and a Z=4 stack (NGFF 0.5, zarr with
-hand-written metadata) through ``train-and-apply``; skipped when ../shared is absent."""
+"""FMD captures as a T=4 timelapse (NGFF 0.4, written by ome-zarr-py) through
+``train-and-apply``; skipped when ../shared is absent. The same captures as a Z=4 stack give
+the same result (``python benchmarks/stack_quality.py`` runs both; tests/test_jobs.py checks
+that the layout does not matter on synthetic data, at a fraction of the cost)."""
 
 import sys
 from pathlib import Path
@@ -21,11 +23,9 @@ def test_fmd_stacks_denoise_like_the_2d_engine(fmd, tmp_path):
     # cost), against the stack's result on the same two
     some = [0, 2]
     ref = engine_2d(frames[some], gt, microscope(group), seed=0)
-    results = [run_stack(tmp_path, group, frames, gt, layout, seed=0) for layout in "TZ"]
-    for r in results:  # valid (run_stack validates), same metadata and levels, uint8 kept
-        assert r["metadata_equal"] and r["dtype"] == "uint8"
-        assert r["levels"] == (3 if r["layout"] == "T" else 2)
-        assert all(s > n + 5 for s, n in zip(r["psnr"], noisy))  # every frame denoised
-        mine = [r["psnr"][i] for i in some]
-        assert np.mean(mine) > np.mean(ref) - 0.3, (mine, ref)  # not worse
-    assert results[0]["psnr"] == results[1]["psnr"]  # the layout does not matter
+    r = run_stack(tmp_path, group, frames, gt, "T", seed=0)
+    # valid (run_stack validates), same metadata and levels, uint8 kept
+    assert r["metadata_equal"] and r["dtype"] == "uint8" and r["levels"] == 3
+    assert all(s > n + 5 for s, n in zip(r["psnr"], noisy))  # every frame denoised
+    mine = [r["psnr"][i] for i in some]
+    assert np.mean(mine) > np.mean(ref) - 0.3, (mine, ref)  # not worse

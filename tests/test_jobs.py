@@ -279,6 +279,24 @@ def test_same_plane_same_output_in_any_container(tmp_path, noisy_and_truth):
     assert not np.array_equal(out_png, plane)
 
 
+def test_the_same_planes_as_t_or_z_give_the_same_output(tmp_path):
+    """Four planes as a timelapse (tyx, NGFF 0.4) and as a z-stack (zyx, NGFF 0.5): the same
+    training planes, model and denoised bytes (tests/test_fmd_stack.py on FMD captures)."""
+    from fm2s.readers import open_image
+    from fm2s.sample import synthetic_stack
+
+    noisy, _ = synthetic_stack((1, 1, 4, 48, 56), np.random.default_rng(5))
+    planes = noisy[0, 0]
+    outs = []
+    for axes, version in (("tyx", "0.4"), ("zyx", "0.5")):
+        src = write_ngff(tmp_path / f"{axes}.ome.zarr", planes, axes, version, levels=1)
+        report = train_and_apply(src, device="cpu", seed=2, samples=4)
+        assert report.channels[0].training_planes == [0, 1, 2, 3]
+        outs.append(np.asarray(open_image(report.output).data))
+    assert outs[0].dtype == planes.dtype and outs[0].shape == planes.shape
+    assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], planes)
+
+
 def test_a_bright_plane_is_not_clipped_at_the_training_planes(tmp_path):
     """Plane 4 of 9, three times brighter than the two training planes (0 and 8): its
     output keeps its brightness, and it is denoised about as well as its neighbours."""

@@ -34,7 +34,8 @@ def test_16_bit_versions_denoise_as_well_as_the_8_bit_image(fmd):
     }
     scores = {}
     for name, (img, truth, data_range) in versions.items():
-        out = fm2s.denoise(img, microscope="confocal", device="cpu", seed=5)
+        # a quarter of the schedule (CI time): the versions are compared with each other
+        out = fm2s.denoise(img, microscope="confocal", device="cpu", seed=5, samples=20)
         assert out.dtype == img.dtype
         scores[name] = psnr(out, truth, data_range)
     assert scores["8-bit"] > psnr(raw, gt, 255) + 2
