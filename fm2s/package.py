@@ -262,6 +262,21 @@ MIT (fm2s-tile). Cite the FM2S paper: doi 10.48550/arXiv.2412.10031.
 """
 
 
+def _file(name: str, files: dict[str, bytes]) -> dict:
+    """A file description: its name in the package and its SHA-256."""
+    return {"source": name, "sha256": _sha256(files[name])}
+
+
+def _tensor(tensor_id: str, description: str, halo: int, files: dict[str, bytes],
+            output: bool) -> dict:
+    """The description of the input (``output=False``) or the output tensor."""
+    test, sample = ((TEST_OUTPUT_NAME, SAMPLE_OUTPUT_NAME) if output
+                    else (TEST_INPUT_NAME, SAMPLE_INPUT_NAME))
+    return {"id": tensor_id, "description": description, "axes": _axes(halo, output=output),
+            "test_tensor": _file(test, files), "sample_tensor": _file(sample, files),
+            "data": {"type": "float32"}}
+
+
 def _axes(halo: int, output: bool) -> list[dict]:
     names = [OUTPUT_ID] if output else [INPUT_ID]
     axes: list[dict] = [{"type": "batch"}, {"type": "channel", "channel_names": names}]
@@ -299,33 +314,14 @@ def rdf(name: str, facts: dict, files: dict[str, bytes], opset: int,
         "documentation": DOC_NAME,
         "covers": [COVER_NAME],
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "inputs": [{
-            "id": INPUT_ID,
-            "description": "raw pixel values (no preprocessing: the normalization is inside "
-                           "the model)",
-            "axes": _axes(halo, output=False),
-            "test_tensor": {"source": TEST_INPUT_NAME,
-                            "sha256": _sha256(files[TEST_INPUT_NAME])},
-            "sample_tensor": {"source": SAMPLE_INPUT_NAME,
-                              "sha256": _sha256(files[SAMPLE_INPUT_NAME])},
-            "data": {"type": "float32"},
-        }],
-        "outputs": [{
-            "id": OUTPUT_ID,
-            "description": "the denoised image, in the input's units",
-            "axes": _axes(halo, output=True),
-            "test_tensor": {"source": TEST_OUTPUT_NAME,
-                            "sha256": _sha256(files[TEST_OUTPUT_NAME])},
-            "sample_tensor": {"source": SAMPLE_OUTPUT_NAME,
-                              "sha256": _sha256(files[SAMPLE_OUTPUT_NAME])},
-            "data": {"type": "float32"},
-        }],
+        "inputs": [_tensor(INPUT_ID, "raw pixel values (no preprocessing: the normalization "
+                                     "is inside the model)", halo, files, output=False)],
+        "outputs": [_tensor(OUTPUT_ID, "the denoised image, in the input's units", halo, files,
+                            output=True)],
         "weights": {
-            "onnx": {"source": ONNX_NAME, "sha256": _sha256(files[ONNX_NAME]),
-                     "opset_version": opset},
-            "torchscript": {"source": TORCHSCRIPT_NAME,
-                            "sha256": _sha256(files[TORCHSCRIPT_NAME]),
-                            "parent": "onnx", "pytorch_version": torch_version},
+            "onnx": {**_file(ONNX_NAME, files), "opset_version": opset},
+            "torchscript": {**_file(TORCHSCRIPT_NAME, files), "parent": "onnx",
+                            "pytorch_version": torch_version},
         },
         "config": {"fm2s": json.loads(json.dumps(facts))},
     }
