@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import FM2SError, ParameterError
 from .jobs import model_paths, training_planes
+from .package import build_package, is_package, package_name
 from .readers import check_axes
 from .recipes import (
     DEFAULT_MICROSCOPE,
@@ -25,6 +26,7 @@ from .recipes import (
     DEFAULT_TRAIN_PLANES,
     config_for,
 )
+from .runs import write_atomic
 from .runtime import OnnxDenoiser
 from .tiling import denoise_array, plane_maps, plane_stats
 
@@ -184,8 +186,9 @@ def denoise(image: np.ndarray, recipe: str = DEFAULT_RECIPE,
         Output pixel type; default: the input's (integers rounded and clipped), so the
         result has the input's shape and type.
     save_model
-        If given, the trained ONNX models are written there when all is done: this path for
-        one channel, ``<stem>_c<k>.onnx`` for channel k of several (as ``--save-model``).
+        If given, the trained models are written there when all is done: this path for
+        one channel, ``<stem>_c<k>.onnx`` for channel k of several (as ``--save-model``;
+        ``.zip``: bioimage.io model packages, ``<stem>_c<k>.zip``).
         Checked before training; an existing file is refused unless ``overwrite``.
     overwrite
         Replace existing model files.
@@ -221,7 +224,7 @@ def denoise(image: np.ndarray, recipe: str = DEFAULT_RECIPE,
     steps = config_for(recipe, microscope, seed, planes, **overrides).total_steps
     total = channels * (steps + planes)
     out = np.empty(shape, out_dtype)
-    models = []
+    models = []  # (model, its training planes)
     for channel in range(channels):
         start = channel * (steps + planes)  # work done before this channel
 
@@ -232,13 +235,18 @@ def denoise(image: np.ndarray, recipe: str = DEFAULT_RECIPE,
         stack = np.stack([np.asarray(image[_plane_index(lead, c, channel, p)]) for p in chosen])
         model = train(stack if len(stack) > 1 else stack[0], recipe, microscope, seed, device,
                       report, serves=planes, **overrides)
-        models.append(model)
+        models.append((model, stack))
         runtime = model.runtime()
         provider = "cpu" if runtime.provider.startswith("CPU") else "auto"
         for p in range(planes):
             index = _plane_index(lead, c, channel, p)
             out[index] = apply(runtime, np.asarray(image[index]), provider, out_dtype)
             report(steps + p + 1, total)
-    for model, path in zip(models, paths):
-        model.save(path)
+    for channel, ((model, stack), path) in enumerate(zip(models, paths)):
+        if is_package(path):  # a bioimage.io package: needs the planes for its test tensors
+            write_atomic(path, build_package(
+                model, stack, name=package_name(path.stem), training_planes=chosen,
+                channel=channel if channels > 1 else None))
+        else:
+            model.save(path)
     return out

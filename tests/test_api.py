@@ -136,3 +136,16 @@ def test_a_progress_callback_that_raises_stops_the_work_and_saves_nothing(tmp_pa
     with pytest.raises(FM2SError, match="exists"):  # checked before any training
         fm2s.denoise(stack, device="cpu", save_model=tmp_path / "m.onnx", progress=stop)
     assert len(seen) == 1
+
+
+def test_denoise_saves_a_bioimageio_package_of_the_model_it_applied(tmp_path):
+    """``save_model=NAME.zip`` (checked before training, as ``.onnx`` is) writes a package
+    whose ONNX weights give what ``denoise`` returned."""
+    from fm2s.package import read_package
+
+    image = np.random.default_rng(4).poisson(40, (40, 48)).astype(np.uint16)
+    out = fm2s.denoise(image, device="cpu", seed=1, samples=2, save_model=tmp_path / "m.zip",
+                       dtype="float32")
+    onnx_bytes, rdf = read_package(tmp_path / "m.zip")
+    assert rdf["type"] == "model"
+    np.testing.assert_allclose(fm2s.apply(onnx_bytes, image, dtype="float32"), out, atol=1e-4)
