@@ -114,9 +114,9 @@ class DenoiseWidget(Container):
     ----------
     image, axes, microscope, recipe, seed, train_planes, model_file
         The option widgets (magicgui): image layer, its axes (for a stack), noise preset,
-        recipe, seed, planes per channel to train on, and where to save the ONNX model
-        (empty: not saved; ``<stem>_c<k>.onnx`` per channel for several channels; an
-        existing file is replaced).
+        recipe, seed, planes per channel to train on, and where to save the model (``.onnx``,
+        or ``.zip`` for a bioimage.io package; empty: not saved; ``<stem>_c<k>`` per channel
+        for several channels; an existing file is replaced).
     run_button, progress, status
         The Denoise/Cancel button, the progress bar and a one-line status.
     overrides
@@ -142,8 +142,9 @@ class DenoiseWidget(Container):
         self.train_planes = SpinBox(label="training planes", min=1, max=4096,
                                     value=DEFAULT_TRAIN_PLANES,
                                     tooltip="planes per channel to train on (a stack)")
-        self.model_file = FileEdit(label="save model", mode="w", filter="*.onnx",
-                                   nullable=True, tooltip="optional: an .onnx file")
+        self.model_file = FileEdit(label="save model", mode="w", filter="*.onnx *.zip",
+                                   nullable=True, tooltip="optional: an .onnx file, or a .zip "
+                                   "bioimage.io model package")
         self.run_button = PushButton(text=RUN_TEXT)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(label="", value="")
