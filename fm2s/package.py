@@ -237,8 +237,10 @@ raw | denoised, with the same contrast.
 ## Validation
 
 FM2S is self-supervised: there is no clean reference for this image, so no quality figure
-is given here. The package is checked when written: both weights reproduce the test
-output (`bioimageio test`), and its ONNX weights are the model fm2s-tile applies. The FM2S
+is given here. Its ONNX weights are the model fm2s-tile applied, and its test output is
+their output on the test input; fm2s-tile's own tests run `bioimageio test` (both weights
+reproduce the test output) on the packages it writes: `bioimageio test PACKAGE.zip` checks
+this one. The FM2S
 recipes reach 31-32 dB PSNR on the FMD benchmark images (fm2s-tile README, Benchmarks);
 judge this model on the cover and on your own data.
 
