@@ -183,6 +183,8 @@ def format_run(report) -> str:
             head += f", saved to {ch.model_file}" + (
                 " (bioimage.io model package)" if ch.model_file.endswith(".zip") else "")
         lines.append(head)
+        if ch.noise and ch.steps is not None:
+            lines.append(f"    {ch.noise['decision']}")
     rate = report.voxels / max(report.apply_seconds, 1e-9) / 1e6
     arith = "" if report.precision == "fp32" else f", {report.precision}"
     lines.append(f"  {report.tiles} tiles on {report.where} ({report.provider}{arith}) in "
@@ -253,8 +255,9 @@ def train_and_apply_cmd(
         help="fast: this project's default (random crops, minutes -> seconds); paper: the FM2S "
         "paper; v2: the authors' later code.")] = Recipe[DEFAULT_RECIPE],
     microscope: Annotated[Microscope, typer.Option(
-        help="Noise preset. Defaults to confocal until automatic choice exists; the paper "
-        "recipe uses one preset for all.")] = Microscope[DEFAULT_MICROSCOPE],
+        help="Noise model: auto measures it on the data (per channel, on its training "
+        "planes) and chooses the noise synthesis; or name a preset of the FM2S authors. "
+        "The paper recipe uses one noise model for all.")] = Microscope[DEFAULT_MICROSCOPE],
     device: Annotated[Device, typer.Option(help="Training device.")] = Device["auto"],
     seed: Annotated[int, typer.Option(min=0, help="Seed: same seed, machine and device give "
                                       "the same result.")] = 0,

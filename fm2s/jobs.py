@@ -88,6 +88,7 @@ class ChannelReport:
     steps: int | None = None
     train_seconds: float | None = None
     device: str | None = None
+    noise: dict | None = None
 
     def record(self) -> dict:
         """The channel's entry in the output's provenance."""
@@ -508,7 +509,16 @@ def _trained(model, planes: list[int]) -> tuple[bytes, dict]:
         "normalization": {"offset": model.normalization.offset,
                           "scale": model.normalization.scale},
         "training_planes": planes, "steps": config.total_steps,
-        "train_seconds": round(model.seconds, 3), "device": model.device}}
+        "train_seconds": round(model.seconds, 3), "device": model.device,
+        "noise": model.noise_record()}}
+
+
+def _json_or_none(text: str | None) -> dict | None:
+    """A JSON metadata entry of a model (None when absent: a model of an older version)."""
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def _keep_model(out: OutputImage, channel: int, data: bytes, record: dict) -> None:
@@ -653,7 +663,8 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
                 "seed": int(r.metadata["seed"]) if r.metadata.get("seed", "").isdigit()
                 else None,
                 "normalization": {"offset": r.reference[0],
-                                  "scale": r.reference[1] - r.reference[0]}}
+                                  "scale": r.reference[1] - r.reference[0]},
+                "noise": _json_or_none(r.metadata.get("noise"))}
                for p, r in zip(paths, runtimes)]
     halo = max(r.halo for r in runtimes)
     progress = progress or ProgressDisplay(quiet=True)

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from ._version import __version__
+from .calibrate import NoiseEstimate, calibrated_config, estimate_noise
 from .errors import FM2SError
 from .export import Denoiser, to_onnx
 from .network import FM2SNet
@@ -44,6 +45,8 @@ class TrainedModel:
         Wall time of the training.
     device
         Device it was trained on.
+    estimate
+        The noise measured on the training planes (``--microscope auto``), else None.
     """
 
     net: FM2SNet
@@ -52,6 +55,11 @@ class TrainedModel:
     percentiles: tuple[float, float]
     seconds: float
     device: str
+    estimate: NoiseEstimate | None = None
+
+    def noise_record(self) -> dict | None:
+        """What ``auto`` measured and chose (None for a named preset)."""
+        return noise_record(self.config, self.estimate)
 
     @property
     def halo(self) -> int:
@@ -72,6 +80,7 @@ class TrainedModel:
             "views": str(self.config.views),
             "seed": str(self.config.seed),
             "config": json.dumps(asdict(self.config)),
+            "noise": json.dumps(self.noise_record()),
             "input": "float32 N x 1 x H x W, raw pixel values",
             "output": "float32 N x 1 x H x W, denoised, raw pixel units",
         }
@@ -140,6 +149,29 @@ def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
     torch_device = resolve_device(device)
     normalization = fit_normalization(planes, config.normalization)
     start = time.perf_counter()
-    net = train_network(normalization.forward(planes), config, torch_device, progress)
+    normalized = normalization.forward(planes)
+    estimate = None
+    if not config.calibrated:  # auto: the noise synthesis is chosen from these planes
+        estimate = estimate_noise(normalized)
+        config = calibrated_config(config, estimate)
+    net = train_network(normalized, config, torch_device, progress)
     return TrainedModel(net, normalization, config, (float(stats[2]), float(stats[3])),
-                        time.perf_counter() - start, str(torch_device))
+                        time.perf_counter() - start, str(torch_device), estimate)
+
+
+def noise_record(config: TrainConfig, estimate: NoiseEstimate | None) -> dict | None:
+    """The noise measurement and the choice made from it, for metadata and provenance."""
+    if estimate is None:
+        return None
+    return {"measured": asdict(estimate), "correlated": estimate.correlated,
+            "chosen": asdict(config.noise), "decision": decision(config, estimate)}
+
+
+def decision(config: TrainConfig, estimate: NoiseEstimate) -> str:
+    """One line: what ``auto`` measured and what it chose."""
+    noise = config.noise
+    lo, hi = getattr(noise, "factor", (1.0, 1.0))
+    factor = f"x{lo:.3g}" if lo == hi else f"x{lo:.3g}-{hi:.3g}"
+    return (f"auto: {estimate.describe()} -> synthetic noise {factor} that variance, "
+            f"{noise.median}x{noise.median} median target, amplification "
+            f"{noise.amplification}")

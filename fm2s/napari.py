@@ -136,7 +136,8 @@ class DenoiseWidget(Container):
                              tooltip="axes of the layer, e.g. zyx, tyx, czyx: one model per "
                                      "channel (c), trained on a few of its planes")
         self.microscope = ComboBox(label="microscope", choices=MICROSCOPES,
-                                   value=DEFAULT_MICROSCOPE, tooltip="noise preset")
+                                   value=DEFAULT_MICROSCOPE,
+                                   tooltip="noise model: auto measures it on the image")
         self.recipe = ComboBox(label="recipe", choices=RECIPES, value=DEFAULT_RECIPE)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
         self.train_planes = SpinBox(label="training planes", min=1, max=4096,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .recipes import NoiseModel
+from .recipes import CalibratedNoise, NoiseModel
 
 
 def median_target(image: np.ndarray, size: int) -> np.ndarray:
@@ -41,7 +43,8 @@ def region_means(image: torch.Tensor, model: NoiseModel) -> torch.Tensor:
     return full[..., :h, :w]
 
 
-def add_noise(clean: torch.Tensor, level: torch.Tensor, model: NoiseModel,
+def add_noise(clean: torch.Tensor, level: torch.Tensor | None,
+              model: NoiseModel | CalibratedNoise,
               generator: torch.Generator | None = None) -> torch.Tensor:
     """Synthesize one noisy sample from the (amplified) median-filtered image.
 
@@ -67,6 +70,8 @@ def add_noise(clean: torch.Tensor, level: torch.Tensor, model: NoiseModel,
     torch.Tensor
         The noisy sample, same shape, values in [0, 1].
     """
+    if isinstance(model, CalibratedNoise):
+        return calibrated_noise(clean, model, generator)
     m = level
     scale = model.k_p / m
     x = clean.clamp_min(0)
@@ -74,4 +79,34 @@ def add_noise(clean: torch.Tensor, level: torch.Tensor, model: NoiseModel,
     gauss = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
     noisy = (noisy + gauss * (model.k_g / 255.0) * m).clamp(0, 1)
     noisy = torch.poisson(noisy * model.lambda_p, generator=generator) / model.lambda_p
+    return noisy.clamp(0, 1)
+
+
+def calibrated_noise(clean: torch.Tensor, model: CalibratedNoise,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """One noisy sample following a measured Poisson-Gaussian model (``auto``).
+
+    The variance factor r is drawn log-uniformly from ``model.factor``; the sample has
+    variance r * (gain * x + offset): Poisson counts of x / (r * gain) scaled back, plus
+    Gaussian noise of variance r * offset when the offset is positive; a negative
+    offset is a dark level x0 = -offset / gain below which pixels get no Poisson noise.
+    Clamped to [0, 1].
+    """
+    lo, hi = model.factor
+    r = lo
+    if hi > lo:
+        u = float(torch.rand((), generator=generator, device=clean.device))
+        r = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
+    x = clean.clamp_min(0)
+    if model.gain > 0:
+        a = r * model.gain
+        x0 = max(-model.offset / model.gain, 0.0)
+        photons = torch.poisson((x - x0).clamp_min(0) / a, generator=generator)
+        noisy = torch.minimum(x, torch.full_like(x, x0)) + photons * a
+    else:
+        noisy = x
+    if model.offset > 0:
+        sd = math.sqrt(r * model.offset)
+        noisy = noisy + sd * torch.randn(x.shape, generator=generator, device=x.device,
+                                         dtype=x.dtype)
     return noisy.clamp(0, 1)

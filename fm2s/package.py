@@ -178,6 +178,7 @@ def describe(model: TrainedModel, *, source: str | None = None, channel: int | N
         "source": _source_name(source), "channel": channel,
         "training_planes": training_planes,
         "device": model.device, "train_seconds": round(model.seconds, 3),
+        "noise": (model.noise_record() or {}).get("decision"),
     }
 
 
@@ -191,6 +192,7 @@ def documentation(facts: dict, name: str) -> str:
     planes = facts.get("training_planes")
     planes_text = (f"{len(planes)} plane(s) (indices {', '.join(map(str, planes))} of the "
                    "channel's t x z planes)" if planes else "the image given")
+    noise_text = f": {facts['noise'].removeprefix('auto: ')}" if facts.get("noise") else ""
     return f"""# {name}
 
 An **FM2S** denoiser (Liu et al. 2024, *FM2S: Self-Supervised Fluorescence Microscopy
@@ -217,7 +219,7 @@ on two CPU cores: `fm2s-tile train-and-apply IMAGE --save-model NAME.zip`).
 | | |
 |---|---|
 | recipe | `{facts['recipe']}` ({facts['steps']} training steps) |
-| noise preset | `{facts['preset']}` |
+| noise model | `{facts['preset']}`{noise_text} |
 | seed | {facts['seed']} |
 | test-time views | {facts['views']} (averaged inside the model) |
 | normalization | {norm['formula']} (offset {lo:g}, scale {norm['scale']:g}) |

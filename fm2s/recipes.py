@@ -9,14 +9,20 @@ quality of ``v2`` in a fraction of its time (see README).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from .errors import ParameterError
 
 RECIPES = ("fast", "paper", "v2")
-MICROSCOPES = ("confocal", "twophoton", "widefield", "generic")
+#: the FM2S authors' presets per microscope (avg1: single captures) and their tuning for
+#: captures averaged 2 and 4 times (``confocal-avg2`` ...; ``v2``/``fast`` recipes)
+MICROSCOPES = ("auto", "confocal", "twophoton", "widefield", "generic",
+               "confocal-avg2", "confocal-avg4", "twophoton-avg2", "twophoton-avg4",
+               "widefield-avg2", "widefield-avg4")
 DEFAULT_RECIPE = "fast"
-DEFAULT_MICROSCOPE = "confocal"
+#: ``auto``: the noise synthesis is chosen from the data (:mod:`fm2s.calibrate`)
+DEFAULT_MICROSCOPE = "auto"
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,44 @@ class NoiseModel:
 
 
 @dataclass(frozen=True)
+class CalibratedNoise:
+    """Noise synthesis from the noise measured on the data (``--microscope auto``).
+
+    Each sample's noise follows the measured Poisson-Gaussian model (variance = ``gain``
+    * intensity + ``offset``, normalized units) with its variance multiplied by a factor
+    drawn per sample, log-uniformly from ``factor`` (a range; equal ends fix it). A
+    negative offset (a dark level below which pixels hold no photons) shifts the Poisson
+    part; a positive one is Gaussian read noise. See :mod:`fm2s.calibrate`.
+
+    Parameters
+    ----------
+    amplification, median
+        As in :class:`NoiseModel`.
+    gain, offset
+        The measured noise model.
+    factor
+        (low, high) multiple of the measured variance that is synthesized.
+    """
+
+    amplification: int
+    median: int
+    gain: float
+    offset: float
+    factor: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        if self.amplification < 1:
+            raise ValueError("amplification must be >= 1")
+        if self.median < 1 or self.median % 2 == 0:
+            raise ValueError("median window must be a positive odd number")
+        if self.gain < 0 or not all(map(math.isfinite, (self.gain, self.offset))):
+            raise ValueError("gain must be finite and >= 0, offset finite")
+        lo, hi = self.factor
+        if not 0 < lo <= hi:
+            raise ValueError("factor must satisfy 0 < low <= high")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides one training run: recipe, preset and seed.
 
@@ -76,7 +120,8 @@ class TrainConfig:
     recipe, microscope
         Names of the recipe and the preset this config was made from.
     noise
-        The noise model (from the preset).
+        The noise model: a preset's, or one measured on the data (``auto``; until it
+        is measured, by :func:`fm2s.model.train_model`, the confocal preset stands in).
     kernels
         Kernel sizes of the three convolutions.
     warmup_steps
@@ -120,7 +165,7 @@ class TrainConfig:
 
     recipe: str
     microscope: str
-    noise: NoiseModel
+    noise: NoiseModel | CalibratedNoise
     kernels: tuple[int, int, int]
     warmup_steps: int
     samples: int
@@ -161,6 +206,12 @@ class TrainConfig:
         return self.warmup_steps + self.samples * self.steps_per_sample
 
     @property
+    def calibrated(self) -> bool:
+        """False for an ``auto`` config whose noise is not measured yet."""
+        return self.microscope != "auto" or isinstance(self.noise, CalibratedNoise) \
+            or self.recipe == "paper"
+
+    @property
     def halo(self) -> int:
         """Receptive-field radius of the network, in pixels."""
         return sum(k // 2 for k in self.kernels)
@@ -179,13 +230,21 @@ _V2_NOISE = {
     "widefield": _noise(1, 75, 11, 220, 45, 2000, _V2_RANGE, True),
     "generic": _noise(6, 5, 3, 60, 40, 125, _V2_RANGE, True),
 }
+# the authors' per-level tuning: k_g, k_p, lambda_p change, the rest stays as at avg1
+for _name, _levels in {"confocal": ((125, 95, 285), (70, 195, 485)),
+                       "twophoton": ((150, 85, 300), (90, 300, 480)),
+                       "widefield": ((220, 100, 2500), (60, 650, 3500))}.items():
+    for _level, (_kg, _kp, _lam) in zip(("avg2", "avg4"), _levels):
+        _V2_NOISE[f"{_name}-{_level}"] = replace(_V2_NOISE[_name], k_g=_kg, k_p=_kp,
+                                                 lambda_p=_lam)
+_V2_NOISE["auto"] = _V2_NOISE["confocal"]  # stands in until the data's noise is measured
 
 #: recipe name -> (schedule fields, microscope -> noise model, microscope -> schedule changes)
 _RECIPE_TABLE: dict[str, tuple[dict, dict[str, NoiseModel], dict[str, dict]]] = {
     "paper": (
         dict(kernels=(3, 3, 3), warmup_steps=0, samples=25, steps_per_sample=150,
              lr=1e-3, lr_decay_every=1500, lr_decay=0.25),
-        {m: _PAPER_NOISE for m in MICROSCOPES},
+        {m: _PAPER_NOISE for m in MICROSCOPES},  # auto too: one noise model for all data
         {},
     ),
     "v2": (
@@ -199,7 +258,8 @@ _RECIPE_TABLE: dict[str, tuple[dict, dict[str, NoiseModel], dict[str, dict]]] = 
              views=2),
         _V2_NOISE,
         # widefield (amplification 1, 11 x 11 median) needs more steps to reach v2 quality
-        {"widefield": dict(samples=120)},
+        {"widefield": dict(samples=120), "widefield-avg2": dict(samples=120),
+         "widefield-avg4": dict(samples=120)},
     ),
 }
 
@@ -238,8 +298,8 @@ def with_noise(config: TrainConfig, **changes) -> TrainConfig:
     return replace(config, noise=replace(config.noise, **changes))
 
 
-__all__ = ["NoiseModel", "TrainConfig", "make_config", "with_noise", "RECIPES", "MICROSCOPES",
-           "DEFAULT_RECIPE", "DEFAULT_MICROSCOPE"]
+__all__ = ["NoiseModel", "CalibratedNoise", "TrainConfig", "make_config", "with_noise",
+           "RECIPES", "MICROSCOPES", "DEFAULT_RECIPE", "DEFAULT_MICROSCOPE"]
 
 
 # Volumes: planes each channel's model trains on (see benchmarks/train_planes.py), the

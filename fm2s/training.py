@@ -12,7 +12,7 @@ from torch import nn
 from .errors import ParameterError
 from .network import FM2SNet
 from .noise import add_noise, median_target, region_means
-from .recipes import TrainConfig
+from .recipes import NoiseModel, TrainConfig
 
 
 def init_weights(net: nn.Module, generator: torch.Generator) -> None:
@@ -76,6 +76,9 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
     """
     if image.ndim not in (2, 3):
         raise ValueError(f"train_network takes a 2D image or a (K, H, W) stack, got {image.shape}")
+    if not config.calibrated:
+        raise ValueError("an auto config needs its noise measured first: "
+                         "fm2s.calibrate.calibrated_config (fm2s.model.train_model does it)")
     stack = image if image.ndim == 3 else image[None]
     device = torch.device(device)
     amp = config.noise.amplification
@@ -91,7 +94,10 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
     raw = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
     raw = raw.to(device)[:, None].expand(planes, amp, h, w).contiguous(memory_format=fmt)
 
-    level = region_means(target, config.noise)
+    # the region-wise level of FM2S's noise model (a calibrated model needs none: any
+    # one-channel view does, the crops cut it like the rest)
+    level = (region_means(target, config.noise) if isinstance(config.noise, NoiseModel)
+             else target[:, :1])
     # Optional input gain: the network sees g * x and its output is divided by g
     # (folded into the weights at the end). Dim images then train much faster.
     gain = 1.0

@@ -1,5 +1,6 @@
 """Volumes end to end: OME-Zarr / TIFF / http in, OME-Zarr out, through the command line."""
 
+import json
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from fm2s.cli import app
 from fm2s.jobs import resolve_models, train_and_apply, training_planes
+from fm2s.runtime import OnnxDenoiser
 
 runner = CliRunner()
 QUICK = {"samples": 4, "warmup_steps": 1}  # a short schedule: these tests check plumbing
@@ -119,13 +121,20 @@ def test_cli_train_and_apply_default_recipe(tmp_path, stack_uint16):
     res = _invoke("train-and-apply", src, "--device", "cpu", "--save-model",
                   tmp_path / "z.onnx", "--seed", 2)
     assert res.exit_code == 0, res.output
-    assert "model fast/confocal trained on 3 plane(s), 1445 steps" in res.output  # 2 x 2D
+    assert "model fast/auto trained on 3 plane(s), 1445 steps" in res.output  # 2 x 2D
+    # the noise measured on the training planes and the choice made, printed and recorded
+    assert "auto: white noise" in res.output
     assert (tmp_path / "z.onnx").exists()
     out = tmp_path / "z.fm2s.ome.zarr"
     _validate(out, "0.5")
     _, attrs = _attrs(out)
     assert attrs["fm2s"]["command"].startswith("fm2s-tile")
-    assert attrs["fm2s"]["channels"][0]["seed"] == 2
+    channel = attrs["fm2s"]["channels"][0]
+    assert channel["seed"] == 2
+    assert channel["noise"]["decision"] in res.output
+    assert channel["noise"]["measured"]["gain"] > 0 and not channel["noise"]["correlated"]
+    saved = OnnxDenoiser(tmp_path / "z.onnx", provider="cpu")
+    assert json.loads(saved.metadata["noise"]) == channel["noise"]
 
 
 def test_imagej_hyperstack_end_to_end(tmp_path, stack_uint16):

@@ -311,7 +311,7 @@ def test_the_function_for_workflows(viewer, monkeypatch):
     assert calls == [((image, "v2", "widefield", 4), {"axes": "tyx"})]
     assert out.dtype == np.uint16 and out.shape == image.shape
     denoise_image(image)
-    assert calls[-1] == ((image, "fast", "confocal", 0), {"axes": None})
+    assert calls[-1] == ((image, "fast", "auto", 0), {"axes": None})
     _, function_widget = viewer.window.add_plugin_dock_widget("fm2s-tile",
                                                               "FM2S denoise (function)")
     names = [w.name for w in function_widget]

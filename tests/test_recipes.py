@@ -30,10 +30,21 @@ def test_v2_presets_match_the_published_table(microscope, row):
     assert (c.warmup_steps, c.samples, c.steps_per_sample, c.lr, c.crop) == (5, 450, 5, 1e-3, 0)
 
 
-def test_default_recipe_is_fast_and_uses_v2_presets():
+def test_default_is_fast_with_auto_noise_and_named_presets_are_v2s():
     c = make_config()
-    assert c.recipe == "fast" and c.microscope == "confocal"
-    assert c.noise == make_config("v2", "confocal").noise
+    assert c.recipe == "fast" and c.microscope == "auto" and not c.calibrated
+    for name in ("confocal", "widefield", "twophoton-avg4"):
+        assert make_config("fast", name).noise == make_config("v2", name).noise
+        assert make_config("fast", name).calibrated
+
+
+def test_per_level_presets_change_only_the_noise_constants():
+    avg1, avg4 = make_config("v2", "confocal").noise, make_config("v2", "confocal-avg4").noise
+    assert (avg4.k_g, avg4.k_p, avg4.lambda_p) == (70, 195, 485)
+    assert (avg4.amplification, avg4.stride, avg4.median) == (avg1.amplification, avg1.stride,
+                                                              avg1.median)
+    assert make_config("fast", "widefield-avg2").samples == make_config("fast",
+                                                                        "widefield").samples
 
 
 def test_views_two_for_fast_one_for_the_published_recipes_and_validated():

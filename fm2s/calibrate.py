@@ -1,0 +1,211 @@
+"""Noise calibration from the data alone, for ``--microscope auto``.
+
+One channel's noise is measured on the (normalized) planes its model trains on:
+
+- its Poisson-Gaussian model, variance = ``gain`` * intensity + ``offset`` (Foi et al.,
+  IEEE TIP 2008, "Practical Poissonian-Gaussian noise modeling and fitting for
+  single-image raw-data"): pixels are binned by their local mean, the noise variance of
+  each bin is taken from a high-pass residual (a Laplacian, unit gain on white noise) over
+  the bin's quieter half (edges and texture excluded), and a line is fitted to the bins;
+- whether the noise is spatially correlated: the same residual at lag 1 and at lag 2
+  (taps two pixels away) has the same variance for white noise, and a much smaller one
+  at lag 1 when neighbouring pixels share their noise (the FMD wide-field captures: 0.2,
+  against 0.5-0.96 for the confocal and two-photon ones at every noise level).
+
+:func:`choose` turns the measurement into the noise synthesis of the run (a
+:class:`fm2s.recipes.CalibratedNoise`): the synthetic noise follows the measured model,
+its variance 2-4 times the measured one (more for noisier data,
+:func:`variance_factor`); correlated noise gets the wide-field treatment of the FM2S
+authors (11 x 11 median target, no amplification), its variance measured at lag 2. No
+file name or metadata is looked at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+from scipy import ndimage, stats
+
+from .recipes import CalibratedNoise, TrainConfig
+
+#: below this ratio of lag-1 to lag-2 residual variance, the noise counts as correlated
+CORRELATED_BELOW = 0.35
+#: the synthetic noise's variance, as a multiple of the measured one: it rises with the
+#: relative noise s (noise s.d. / mean intensity), from FACTOR_MIN at s <= S_LOW by
+#: FACTOR_SLOPE per unit of s, up to FACTOR_MAX (noisier data need a stronger synthetic
+#: noise; measured on the FMD captures, README "Automatic noise calibration")
+FACTOR_MIN, FACTOR_MAX, FACTOR_SLOPE, S_LOW = 2.0, 4.0, 20.0, 0.4
+#: median window and amplification (white, correlated)
+MEDIAN = {False: 3, True: 11}
+AMPLIFICATION = {False: 2, True: 1}
+#: the smallest noise variance synthesized (normalized units): an image with no
+#: measurable noise is left almost as it is
+MIN_VARIANCE = 1e-6
+#: most pixels looked at per plane, and bins of local mean
+MAX_PIXELS = 1 << 20
+BINS = 12
+#: fraction of each bin's squared residuals kept (its quieter part): for the variance
+#: fit, and for the lag-1/lag-2 ratio (which edges and texture would bias more)
+KEEP_VARIANCE = 0.9
+KEEP_RATIO = 0.5
+
+
+def _kept_mean(keep: float) -> float:
+    """Mean of the lowest ``keep`` fraction of chi-square(1) draws (Gaussian residuals):
+    what the kept mean is divided by to give the variance back."""
+    c = float(stats.norm.ppf((1 + keep) / 2))
+    return (keep - 2 * c * float(stats.norm.pdf(c))) / keep
+
+
+def _trimmed(values: np.ndarray, keep: float) -> float:
+    n = max(int(values.size * keep), 1)
+    return float(np.partition(values, n - 1)[:n].mean()) / _kept_mean(keep)
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """The noise of one channel as measured on its training planes (normalized units).
+
+    Attributes
+    ----------
+    gain, offset
+        Poisson-Gaussian model: variance = gain * intensity + offset.
+    fine_ratio
+        Residual variance at lag 1 over that at lag 2: about 1 for white noise, well
+        below :data:`CORRELATED_BELOW` for spatially correlated noise.
+    mean
+        Mean intensity of the planes.
+    """
+
+    gain: float
+    offset: float
+    fine_ratio: float
+    mean: float
+
+    @property
+    def relative_noise(self) -> float:
+        """Noise s.d. at the mean intensity over the mean intensity (1 / SNR)."""
+        return float(np.sqrt(self.variance(self.mean)) / max(self.mean, 1e-6))
+
+    @property
+    def correlated(self) -> bool:
+        """Whether the noise is spatially correlated."""
+        return self.fine_ratio < CORRELATED_BELOW
+
+    def variance(self, intensity: float) -> float:
+        """The modelled noise variance at ``intensity`` (at least :data:`MIN_VARIANCE`)."""
+        return max(self.gain * intensity + self.offset, MIN_VARIANCE)
+
+    def describe(self) -> str:
+        """One line for logs and reports."""
+        kind = "spatially correlated" if self.correlated else "white"
+        sd = np.sqrt(self.variance(self.mean))
+        return (f"{kind} noise (lag-1/lag-2 ratio {self.fine_ratio:.2f}), variance = "
+                f"{self.gain:.3g} * I {'+' if self.offset >= 0 else '-'} "
+                f"{abs(self.offset):.3g}, s.d. {sd:.3g} at the mean intensity "
+                f"{self.mean:.3g} (normalized; relative noise {self.relative_noise:.2f})")
+
+
+def _laplacian(plane: np.ndarray, lag: int) -> np.ndarray:
+    kernel = np.zeros((2 * lag + 1, 2 * lag + 1))
+    kernel[lag, lag] = -4.0
+    kernel[0, lag] = kernel[-1, lag] = kernel[lag, 0] = kernel[lag, -1] = 1.0
+    return ndimage.convolve(plane, kernel / np.sqrt(20.0), mode="reflect")
+
+
+def _subsample(plane: np.ndarray) -> np.ndarray:
+    step = max(int(np.ceil(np.sqrt(plane.size / MAX_PIXELS))), 1)
+    return plane[::step, ::step] if step > 1 else plane
+
+
+def estimate_noise(planes: np.ndarray) -> NoiseEstimate:
+    """Measure the noise of a 2D image or a (K, H, W) stack of planes of one channel.
+
+    Parameters
+    ----------
+    planes
+        Normalized intensities (about [0, 1]); planes of at least 16 x 16 pixels.
+
+    Returns
+    -------
+    NoiseEstimate
+    """
+    stack = np.asarray(planes, dtype=np.float64)
+    stack = stack[None] if stack.ndim == 2 else stack
+    means, fine, coarse = [], [], []
+    for plane in stack:
+        local = ndimage.uniform_filter(plane, 7, mode="reflect")
+        # large planes: the residuals of the whole plane, every step-th pixel kept
+        means.append(_subsample(local).ravel())
+        fine.append(_subsample(_laplacian(plane, 1)).ravel() ** 2)
+        coarse.append(_subsample(_laplacian(plane, 2)).ravel() ** 2)
+    mean_i, fine_v, coarse_v = (np.concatenate(a) for a in (means, fine, coarse))
+    edges = np.unique(np.quantile(mean_i, np.linspace(0.02, 0.98, BINS + 1)))
+    centres, v1, v2, r1, r2 = [], [], [], [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (mean_i >= lo) & (mean_i < hi)
+        count = int(inside.sum())
+        if count < 64:
+            continue
+        centres.append(float(mean_i[inside].mean()))
+        f, c = fine_v[inside], coarse_v[inside]
+        v1.append(_trimmed(f, KEEP_VARIANCE))
+        v2.append(_trimmed(c, KEEP_VARIANCE))
+        r1.append(_trimmed(f, KEEP_RATIO))
+        r2.append(_trimmed(c, KEEP_RATIO))
+    mean = float(stack.mean())
+    if not centres:  # a constant image: no noise to measure
+        return NoiseEstimate(0.0, 0.0, 1.0, mean)
+    v1a, v2a, r1a, r2a = (np.array(a) for a in (v1, v2, r1, r2))
+    ok = r2a > 0
+    ratio = float(np.median(r1a[ok] / r2a[ok])) if ok.any() else 1.0
+    # correlated noise: lag-1 residuals miss most of it, the lag-2 ones see it
+    variances = v2a if ratio < CORRELATED_BELOW else v1a
+    if len(centres) >= 2 and np.ptp(centres) > 0:
+        gain, offset = np.polyfit(np.array(centres), variances, 1)
+    else:
+        gain, offset = 0.0, float(variances.mean())
+    if gain < 0:  # noise that falls with intensity: model it as signal-independent
+        gain, offset = 0.0, float(variances.mean())
+    return NoiseEstimate(float(gain), float(offset), ratio, mean)
+
+
+def choose(estimate: NoiseEstimate, factor: tuple[float, float] | None = None
+           ) -> CalibratedNoise:
+    """The noise synthesis for data with the measured ``estimate``.
+
+    Parameters
+    ----------
+    estimate
+        The measured noise.
+    factor
+        Range of the synthetic variance's multiple of the measured one; default: one
+        value from the relative noise (see :data:`FACTOR_MIN`).
+
+    Returns
+    -------
+    CalibratedNoise
+    """
+    kind = estimate.correlated
+    gain, offset = estimate.gain, estimate.offset
+    if gain * max(estimate.mean, 1e-3) + offset < MIN_VARIANCE:  # no measurable noise
+        gain, offset = 0.0, MIN_VARIANCE
+    return CalibratedNoise(amplification=AMPLIFICATION[kind], median=MEDIAN[kind], gain=gain,
+                           offset=offset, factor=factor or (variance_factor(estimate),) * 2)
+
+
+def variance_factor(estimate: NoiseEstimate) -> float:
+    """The synthetic noise's variance over the measured one, for ``estimate``."""
+    rise = FACTOR_SLOPE * (estimate.relative_noise - S_LOW)
+    return float(np.clip(FACTOR_MIN + rise, FACTOR_MIN, FACTOR_MAX))
+
+
+def calibrated_config(config: TrainConfig, estimate: NoiseEstimate) -> TrainConfig:
+    """An ``auto`` config with its noise synthesis chosen from ``estimate``.
+
+    The ``paper`` recipe keeps its single published noise model.
+    """
+    if config.recipe == "paper":
+        return config
+    return replace(config, noise=choose(estimate))

@@ -1,0 +1,135 @@
+"""Noise calibration (``--microscope auto``): measurement, decision, robustness."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from fm2s.calibrate import calibrated_config, choose, estimate_noise
+from fm2s.noise import add_noise
+from fm2s.normalize import fit_normalization
+from fm2s.recipes import CalibratedNoise, make_config
+
+
+def _scene(rng: np.random.Generator, size: int = 256) -> np.ndarray:
+    """A smooth positive scene in [0.02, 0.6]: blobs on a ramp."""
+    y, x = np.mgrid[:size, :size] / size
+    scene = 0.05 + 0.2 * x
+    for cy, cx, r in rng.uniform(0, 1, (12, 3)):
+        scene += 0.3 * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (0.01 + 0.02 * r))
+    return np.clip(scene, 0.02, 0.6)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_poisson_gaussian_model_is_recovered(seed):
+    rng = np.random.default_rng(seed)
+    scene = _scene(rng)
+    gain, read = 0.01, 4e-4  # 100 photons per unit, read noise s.d. 0.02
+    noisy = rng.poisson(scene / gain) * gain + rng.normal(0, read ** 0.5, scene.shape)
+    est = estimate_noise(noisy)
+    assert not est.correlated
+    assert est.gain == pytest.approx(gain, rel=0.2)
+    true_var = gain * scene.mean() + read
+    assert est.variance(scene.mean()) == pytest.approx(true_var, rel=0.15)
+
+
+def test_correlated_noise_is_seen_and_measured():
+    rng = np.random.default_rng(3)
+    scene = _scene(rng)
+    white = rng.normal(0, 1, scene.shape)
+    smooth = ndimage.gaussian_filter(white, 0.8)
+    smooth *= 0.03 / smooth.std()  # correlated noise, s.d. 0.03
+    est = estimate_noise(scene + smooth)
+    assert est.correlated
+    assert est.variance(scene.mean()) == pytest.approx(0.03 ** 2, rel=0.35)
+    plain = estimate_noise(scene + 0.03 * white)
+    assert not plain.correlated and plain.fine_ratio > 0.8
+
+
+def test_decision_and_figures_do_not_change_with_gain_and_offset():
+    """The same image as 16-bit counts (gain 16, offset 100) gets the same measurement."""
+    rng = np.random.default_rng(4)
+    img8 = np.clip(rng.poisson(_scene(rng) * 200), 0, 255).astype(np.uint8)
+    img16 = img8.astype(np.uint16) * 16 + 100
+    a = estimate_noise(fit_normalization(img8, "minmax").forward(img8))
+    b = estimate_noise(fit_normalization(img16, "minmax").forward(img16))
+    assert a.correlated == b.correlated
+    assert b.gain == pytest.approx(a.gain, rel=1e-3)
+    assert b.fine_ratio == pytest.approx(a.fine_ratio, rel=1e-3)
+
+
+def test_constant_and_tiny_images_give_a_choice():
+    est = estimate_noise(np.full((32, 32), 0.3))
+    noise = choose(est)
+    assert isinstance(noise, CalibratedNoise) and noise.offset > 0
+    assert estimate_noise(np.zeros((16, 16))).gain == 0
+
+
+def test_stack_is_measured_over_its_planes():
+    rng = np.random.default_rng(5)
+    scene = _scene(rng, 128)
+    planes = np.stack([rng.poisson(scene * 50) / 50 for _ in range(3)])
+    est = estimate_noise(planes)
+    assert est.gain == pytest.approx(0.02, rel=0.25)
+
+
+def test_calibrated_config_per_kind():
+    config = make_config("fast", "auto", seed=3)
+    assert not config.calibrated
+    white = estimate_noise(np.random.default_rng(0).poisson(np.full((64, 64), 20)) / 40)
+    chosen = calibrated_config(config, white)
+    assert chosen.calibrated and chosen.seed == 3 and chosen.noise.median == 3
+    assert chosen.noise.amplification == 2
+    paper = make_config("paper", "auto")
+    assert calibrated_config(paper, white) == paper  # the published recipe stays as it is
+
+
+def test_synthetic_noise_follows_the_measured_variance():
+    noise = CalibratedNoise(amplification=1, median=3, gain=0.01, offset=1e-4,
+                            factor=(3.0, 3.0))
+    clean = torch.full((1, 1, 256, 256), 0.3)
+    gen = torch.Generator().manual_seed(0)
+    sample = add_noise(clean, None, noise, gen)
+    assert float(sample.var()) == pytest.approx(3 * (0.01 * 0.3 + 1e-4), rel=0.1)
+    assert float(sample.mean()) == pytest.approx(0.3, abs=0.01)
+    assert 0 <= float(sample.min()) and float(sample.max()) <= 1
+    again = add_noise(clean, None, noise, torch.Generator().manual_seed(0))
+    assert torch.equal(sample, again)
+
+
+def test_dark_level_gets_no_noise():
+    """A negative offset is a dark level: pixels below it stay as they are."""
+    noise = CalibratedNoise(amplification=1, median=3, gain=0.02, offset=-0.001,
+                            factor=(2.0, 2.0))
+    clean = torch.full((1, 1, 64, 64), 0.04)  # below x0 = 0.05
+    sample = add_noise(clean, None, noise, torch.Generator().manual_seed(1))
+    assert torch.equal(sample, clean)
+
+
+def test_noisier_data_get_a_stronger_synthetic_noise():
+    from fm2s.calibrate import FACTOR_MAX, FACTOR_MIN, NoiseEstimate, variance_factor
+
+    factors = [variance_factor(NoiseEstimate(gain, 0.0, 0.9, 0.1))
+               for gain in (1e-4, 0.01, 0.02, 0.05, 1.0)]
+    assert factors == sorted(factors)
+    assert factors[0] == FACTOR_MIN and factors[-1] == FACTOR_MAX
+    est = NoiseEstimate(0.02, 0.0, 0.9, 0.1)
+    assert choose(est).factor == (variance_factor(est),) * 2
+
+
+def test_very_low_photon_counts_get_a_sensible_choice():
+    """Data unlike FMD (3 photons at the peak): auto gains where the confocal preset,
+    tuned for brighter data, barely does (benchmarks/unlike_fmd.py)."""
+    import fm2s
+    from fm2s.sample import psnr
+
+    rng = np.random.default_rng(7)
+    truth = _scene(rng, 128) * 5
+    noisy = rng.poisson(truth).astype(np.uint16)
+    span = float(truth.max() - truth.min())
+    scores = {}
+    for microscope in ("auto", "confocal"):
+        model = fm2s.train(noisy, microscope=microscope, device="cpu", seed=0, samples=15)
+        scores[microscope] = psnr(fm2s.apply(model, noisy, dtype="float32"), truth, span)
+    assert scores["auto"] > psnr(noisy, truth, span) + 5, scores
+    assert scores["auto"] > scores["confocal"] + 1, scores
