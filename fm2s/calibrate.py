@@ -6,7 +6,7 @@ One channel's noise is measured on the (normalized) planes its model trains on:
   IEEE TIP 2008, "Practical Poissonian-Gaussian noise modeling and fitting for
   single-image raw-data"): pixels are binned by their local mean, the noise variance of
   each bin is taken from a high-pass residual (a Laplacian, unit gain on white noise) over
-  the bin's quieter half (edges and texture excluded), and a line is fitted to the bins;
+  the bin's quieter 90 % (edges and texture excluded), and a line is fitted to the bins;
 - whether the noise is spatially correlated: the same residual at lag 1 and at lag 2
   (taps two pixels away) has the same variance for white noise, and a much smaller one
   at lag 1 when neighbouring pixels share their noise (the FMD wide-field captures: 0.2,
