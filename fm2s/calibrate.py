@@ -204,8 +204,10 @@ def variance_factor(estimate: NoiseEstimate) -> float:
 def calibrated_config(config: TrainConfig, estimate: NoiseEstimate) -> TrainConfig:
     """An ``auto`` config with its noise synthesis chosen from ``estimate``.
 
-    The ``paper`` recipe keeps its single published noise model.
+    A config that needs no measurement (a named preset, or the ``paper`` recipe with its
+    single published noise model: :attr:`~fm2s.recipes.TrainConfig.calibrated`) is
+    returned as it is.
     """
-    if config.recipe == "paper":
+    if config.calibrated:
         return config
     return replace(config, noise=choose(estimate))

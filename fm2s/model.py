@@ -169,8 +169,8 @@ def noise_record(config: TrainConfig, estimate: NoiseEstimate | None) -> dict | 
 
 def decision(config: TrainConfig, estimate: NoiseEstimate) -> str:
     """One line: what ``auto`` measured and what it chose."""
-    noise = config.noise
-    lo, hi = getattr(noise, "factor", (1.0, 1.0))
+    noise = config.noise  # a CalibratedNoise: only auto configs have an estimate
+    lo, hi = noise.factor
     factor = f"x{lo:.3g}" if lo == hi else f"x{lo:.3g}-{hi:.3g}"
     return (f"auto: {estimate.describe()} -> synthetic noise {factor} that variance, "
             f"{noise.median}x{noise.median} median target, amplification "

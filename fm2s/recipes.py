@@ -25,6 +25,14 @@ DEFAULT_RECIPE = "fast"
 DEFAULT_MICROSCOPE = "auto"
 
 
+def _check_target(amplification: int, median: int) -> None:
+    """The checks every noise model shares: channel amplification and median window."""
+    if amplification < 1:
+        raise ValueError("amplification must be >= 1")
+    if median < 1 or median % 2 == 0:
+        raise ValueError("median window must be a positive odd number")
+
+
 @dataclass(frozen=True)
 class NoiseModel:
     """Parameters of FM2S's noise synthesis (steps 1-3 of the method).
@@ -60,12 +68,9 @@ class NoiseModel:
     zero_padded_windows: bool
 
     def __post_init__(self) -> None:
-        if self.amplification < 1:
-            raise ValueError("amplification must be >= 1")
+        _check_target(self.amplification, self.median)
         if self.stride < 1:
             raise ValueError("stride must be >= 1")
-        if self.median < 1 or self.median % 2 == 0:
-            raise ValueError("median window must be a positive odd number")
         if min(self.k_g, self.k_p, self.lambda_p) <= 0:
             raise ValueError("k_g, k_p and lambda_p must be positive")
         lo, hi = self.mean_range
@@ -100,10 +105,7 @@ class CalibratedNoise:
     factor: tuple[float, float]
 
     def __post_init__(self) -> None:
-        if self.amplification < 1:
-            raise ValueError("amplification must be >= 1")
-        if self.median < 1 or self.median % 2 == 0:
-            raise ValueError("median window must be a positive odd number")
+        _check_target(self.amplification, self.median)
         if self.gain < 0 or not all(map(math.isfinite, (self.gain, self.offset))):
             raise ValueError("gain must be finite and >= 0, offset finite")
         lo, hi = self.factor
