@@ -5,14 +5,15 @@ Run by ``benchmarks/device_check.sh`` on the device machine (see ../shared/DEVIC
 script itself, used by the test suite).
 
 Steps (each bounded by its own timeout, so the whole stays within ``--budget`` seconds):
-1. ``env.json``: GPU, torch, onnxruntime and its providers.
+1. ``env.json``: GPU (nvidia-smi), torch, onnxruntime and its providers.
 2. ``gpu_tests.json``: ``pytest -m gpu`` (CUDA training, CUDA provider).
 3. ``tiling.json``: tiled vs whole-plane output on the provider, several tile sizes.
 4. ``bench.json`` / ``bench.png``: ``fm2s-tile bench`` (session, I/O binding, pipeline,
    torch; fp32 and fp16).
-5. ``train.json``: the default recipe ``train-and-apply --device cuda`` on the six FMD
-   images (synthetic 512 x 512 images where ../shared is absent), fp32 and fp16: training
-   seconds as the command reports them, the whole command's wall time, PSNR.
+5. ``train.json``: ``train-and-apply --device cuda`` with default settings (the ``fast``
+   recipe, ``--microscope auto``) on the six FMD images (synthetic 512 x 512 images where
+   ../shared is absent), fp32 and fp16: training seconds as the command reports them, the
+   whole command's wall time, PSNR, the noise decision printed.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ def env_step(out: Path) -> None:
 
     info = {"onnxruntime": onnxruntime.__version__,
             "providers": onnxruntime.get_available_providers(), "python": sys.version}
+    try:  # in env.json, not a file of its own: the device tool returns at most 8 files
+        info["nvidia_smi"] = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv"],
+            capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        info["nvidia_smi"] = None
     try:
         import torch
 
@@ -120,12 +127,11 @@ def bench_step(out: Path, provider: str, shape: str, tile: int, timeout: float,
         write(out, "bench_error.json", {"exit_code": code, "output": text[-4000:]})
 
 
-def _images(work: Path, quick: bool) -> list[tuple[str, Path, Path | None, str]]:
-    """(name, raw, truth or None, microscope) of the six FMD images, or synthetic ones."""
+def _images(work: Path, quick: bool) -> list[tuple[str, Path, Path | None]]:
+    """(name, raw, truth or None) of the six FMD images, or synthetic ones."""
     if (FMD / "raw").is_dir():
         groups = sorted(p.stem for p in (FMD / "gt").glob("*.png"))[: 1 if quick else None]
-        return [(g, FMD / "raw" / f"{g}_1.png", FMD / "gt" / f"{g}.png",
-                 g.split("_")[0].lower()) for g in groups]
+        return [(g, FMD / "raw" / f"{g}_1.png", FMD / "gt" / f"{g}.png") for g in groups]
     import numpy as np
     from PIL import Image
 
@@ -137,7 +143,7 @@ def _images(work: Path, quick: bool) -> list[tuple[str, Path, Path | None, str]]
         raw = work / f"synthetic{k}.png"
         Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)).save(raw)
         np.save(work / f"synthetic{k}.truth.npy", truth)
-        images.append((f"synthetic{k}", raw, work / f"synthetic{k}.truth.npy", "confocal"))
+        images.append((f"synthetic{k}", raw, work / f"synthetic{k}.truth.npy"))
     return images
 
 
@@ -150,7 +156,7 @@ def train_step(out: Path, device: str, quick: bool, timeout: float) -> None:
     rows = []
     deadline = time.perf_counter() + timeout
     work = Path(tempfile.mkdtemp(prefix="fm2s-device-"))  # images stay out of --out
-    for name, raw, truth_path, microscope in _images(work, quick):
+    for name, raw, truth_path in _images(work, quick):
         for precision in ("fp32", "fp16") if device == "cuda" else ("fp32",):
             result = work / f"{name}.{precision}.png"
             left = deadline - time.perf_counter()
@@ -158,14 +164,15 @@ def train_step(out: Path, device: str, quick: bool, timeout: float) -> None:
                 rows.append({"image": name, "precision": precision, "skipped": "out of time"})
                 continue
             code, wall, text = fm2s("train-and-apply", str(raw), "-o", str(result),
-                                    "--microscope", microscope, "--device", device,
-                                    "--precision", precision, "--seed", "0", "--quiet",
-                                    "--overwrite", timeout=left)
+                                    "--device", device, "--precision", precision, "--seed",
+                                    "0", "--quiet", "--overwrite", timeout=left)
             row = {"image": name, "precision": precision, "exit_code": code,
                    "wall_s": round(wall, 2)}
             found = re.search(r"steps on (\S+) in ([\d.]+) s", text)
             if found:
                 row.update(train_device=found.group(1), train_s=float(found.group(2)))
+            row["decision"] = next((line.strip() for line in text.splitlines()
+                                    if line.strip().startswith("auto:")), None)
             if code == 0 and truth_path is not None:
                 den = np.asarray(Image.open(result))
                 truth = (np.load(truth_path) if truth_path.suffix == ".npy"

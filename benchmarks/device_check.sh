@@ -16,6 +16,7 @@
 # Elsewhere (a GPU box with the project installed) just run it: the carry steps are skipped
 # when .ort/.whl are absent.
 # `bash benchmarks/device_check.sh --cpu` is a dry run of every step on the CPU provider.
+# The device tool brings back at most 8 files from $OUT: the script writes exactly 8.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/device-out}
@@ -30,5 +31,4 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
 fi
 export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/nvidia-smi.csv" 2>&1
 timeout 500 python3 benchmarks/device_check.py --out "$OUT" "$@" 2>&1 | tee "$OUT/device_check.log"

@@ -17,18 +17,22 @@ auto command) and, per level, the means and the checks of the auto noise calibra
     python benchmarks/levels.py                         # v2 reference (about 5 min per
                                                         # image on 2 CPU cores; a GPU helps)
     python benchmarks/levels.py --reference fast --levels 2,4
+    python benchmarks/levels.py --device cuda --jobs 4  # a GPU, four images at a time
+                                                        # (then the seconds overlap)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,13 +53,15 @@ def preset(group: str, level: int) -> str:
     return name if level == 1 else f"{name}-avg{level}"
 
 
-def denoise(exe: str, src: Path, out: Path, options: list[str], seed: int,
+def denoise(exe: list[str], src: Path, out: Path, options: list[str], seed: int,
             device: str) -> tuple[np.ndarray, float, str]:
     """Run one train-and-apply command; the output, its wall time and its printout."""
-    cmd = [exe, "train-and-apply", str(src), "-o", str(out), "--seed", str(seed),
+    cmd = [*exe, "train-and-apply", str(src), "-o", str(out), "--seed", str(seed),
            "--device", device, "--quiet", *options]
     start = time.perf_counter()
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}")
     wall = time.perf_counter() - start
     return np.asarray(Image.open(out)), wall, done.stdout
 
@@ -68,44 +74,53 @@ def main() -> None:
     ap.add_argument("--reference", default="v2", choices=["v2", "fast", "none"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1, help="images denoised at a time")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     if not (args.data / "raw").is_dir():
         sys.exit(f"no FMD-like folder at {args.data}: pass --data")
-    exe = shutil.which("fm2s-tile") or sys.exit("fm2s-tile is not installed")
+    # the installed command, else the package on PYTHONPATH (the GPU machine)
+    installed = shutil.which("fm2s-tile")
+    exe = [installed] if installed else [sys.executable, "-m", "fm2s.cli"]
     groups = args.groups.split(",") if args.groups else groups_in(args.data)
     levels = [int(v) for v in args.levels.split(",")]
-    rows = []
     print(f"{'image':20s} {'level':5s} {'noisy':>6s} {'ref':>6s} {'auto':>6s} {'auto-ref':>8s}"
           f" {'auto-noisy':>10s} {'auto s':>6s}  decision", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
+
+        def one(group: str, level: int) -> dict:
+            noisy = level_image(args.data, group, level)
+            src = Path(tmp) / f"{group}_avg{level}.png"
+            Image.fromarray(noisy).save(src)
+            truth = np.asarray(Image.open(args.data / "gt" / f"{group}.png"))
+            auto, wall, text = denoise(exe, src, src.with_suffix(".auto.png"), [], args.seed,
+                                       args.device)
+            decision = next((line.strip() for line in text.splitlines()
+                             if line.strip().startswith("auto:")), "")
+            ref = None
+            if args.reference != "none":
+                ref_img, _, _ = denoise(exe, src, src.with_suffix(".ref.png"),
+                                        ["--recipe", args.reference, "--microscope",
+                                         preset(group, level)], args.seed, args.device)
+                ref = psnr(ref_img, truth)
+            row = dict(image=group, level=level, noisy=psnr(noisy, truth), reference=ref,
+                       auto=psnr(auto, truth), auto_seconds=wall, decision=decision)
+            ref_txt = f"{ref:6.2f}" if ref is not None else "     -"
+            diff = f"{row['auto'] - ref:+8.2f}" if ref is not None else "       -"
+            print(f"{group:20s} avg{level:<2d} {row['noisy']:6.2f} {ref_txt} "
+                  f"{row['auto']:6.2f} {diff} {row['auto'] - row['noisy']:+10.2f} "
+                  f"{wall:6.1f}  {decision[:160]}", flush=True)
+            return row
+
+        todo = []
         for level in levels:
             for group in groups:
-                if not (args.data / "raw" / f"{group}_{level}.png").is_file():
+                if (args.data / "raw" / f"{group}_{level}.png").is_file():
+                    todo.append((group, level))
+                else:
                     print(f"{group}: no capture {level}, level avg{level} skipped")
-                    continue
-                noisy = level_image(args.data, group, level)
-                src = Path(tmp) / f"{group}_avg{level}.png"
-                Image.fromarray(noisy).save(src)
-                truth = np.asarray(Image.open(args.data / "gt" / f"{group}.png"))
-                auto, wall, text = denoise(exe, src, src.with_suffix(".auto.png"), [], args.seed,
-                                           args.device)
-                decision = next((line.strip() for line in text.splitlines()
-                                 if line.strip().startswith("auto:")), "")
-                ref = None
-                if args.reference != "none":
-                    ref_img, _, _ = denoise(exe, src, src.with_suffix(".ref.png"),
-                                            ["--recipe", args.reference, "--microscope",
-                                             preset(group, level)], args.seed, args.device)
-                    ref = psnr(ref_img, truth)
-                row = dict(image=group, level=level, noisy=psnr(noisy, truth), reference=ref,
-                           auto=psnr(auto, truth), auto_seconds=wall, decision=decision)
-                rows.append(row)
-                ref_txt = f"{ref:6.2f}" if ref is not None else "     -"
-                diff = f"{row['auto'] - ref:+8.2f}" if ref is not None else "       -"
-                print(f"{group:20s} avg{level:<2d} {row['noisy']:6.2f} {ref_txt} "
-                      f"{row['auto']:6.2f} {diff} {row['auto'] - row['noisy']:+10.2f} "
-                      f"{wall:6.1f}  {decision[:160]}", flush=True)
+        with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+            rows = list(pool.map(lambda job: one(*job), todo))
     for level in levels:
         sel = [r for r in rows if r["level"] == level]
         if not sel:
@@ -123,7 +138,9 @@ def main() -> None:
         print(line)
     if args.json:
         args.json.write_text(json.dumps(dict(reference=args.reference, device=args.device,
-                                             seed=args.seed, rows=rows), indent=2))
+                                             seed=args.seed, jobs=args.jobs, rows=rows),
+                                        indent=2))
+        os.sync()
 
 
 if __name__ == "__main__":
