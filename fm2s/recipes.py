@@ -309,8 +309,9 @@ __all__ = ["NoiseModel", "CalibratedNoise", "TrainConfig", "make_config", "with_
 # benchmarks/memory.py).
 DEFAULT_TRAIN_PLANES = 8
 DEFAULT_TILE = 512
-#: on a GPU one call of 512 x 512 pixels is too short to keep it busy (not measured yet:
-#: benchmarks/RESULTS.md, GPU); 2048 x 2048 with the default network needs about 1 GB
+#: on a GPU one call of 512 x 512 pixels is too short to keep it busy (tile sizes on a GPU
+#: not compared yet: benchmarks/RESULTS.md, GPU); 2048 x 2048 with the default network needs
+#: about 1 GB
 DEFAULT_TILE_CUDA = 2048
 
 
