@@ -153,7 +153,7 @@ def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
     estimate = None
     if not config.calibrated:  # auto: the noise synthesis is chosen from these planes
         estimate = estimate_noise(normalized)
-        config = calibrated_config(config, estimate)
+        config = calibrated_config(config, estimate, planes.shape[-2:])
     net = train_network(normalized, config, torch_device, progress)
     return TrainedModel(net, normalization, config, (float(stats[2]), float(stats[3])),
                         time.perf_counter() - start, str(torch_device), estimate)
@@ -172,6 +172,8 @@ def decision(config: TrainConfig, estimate: NoiseEstimate) -> str:
     noise = config.noise  # a CalibratedNoise: only auto configs have an estimate
     lo, hi = noise.factor
     factor = f"x{lo:.3g}" if lo == hi else f"x{lo:.3g}-{hi:.3g}"
+    schedule = (f"; low noise: {config.crop}-pixel crops, {config.total_steps} steps"
+                if noise.low_noise_schedule else "")
     return (f"auto: {estimate.describe()} -> synthetic noise {factor} that variance, "
             f"{noise.median}x{noise.median} median target, amplification "
-            f"{noise.amplification}")
+            f"{noise.amplification}{schedule}")

@@ -96,6 +96,10 @@ class CalibratedNoise:
         The measured noise model.
     factor
         (low, high) multiple of the measured variance that is synthesized.
+    low_noise_schedule
+        Whether ``auto`` also made the training schedule finer for low noise
+        (:data:`fm2s.calibrate.LOW_NOISE_SCHEDULE`); recorded with the choice, the noise
+        synthesis does not use it.
     """
 
     amplification: int
@@ -103,6 +107,7 @@ class CalibratedNoise:
     gain: float
     offset: float
     factor: tuple[float, float]
+    low_noise_schedule: bool = False
 
     def __post_init__(self) -> None:
         _check_target(self.amplification, self.median)

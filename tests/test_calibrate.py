@@ -5,7 +5,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from fm2s.calibrate import calibrated_config, choose, estimate_noise
+from fm2s.calibrate import NoiseEstimate, calibrated_config, choose, estimate_noise
+from fm2s.model import decision
 from fm2s.noise import add_noise
 from fm2s.normalize import fit_normalization
 from fm2s.recipes import CalibratedNoise, make_config
@@ -82,6 +83,36 @@ def test_calibrated_config_per_kind():
     assert chosen.noise.amplification == 2
     paper = make_config("paper", "auto")
     assert calibrated_config(paper, white) == paper  # the published recipe stays as it is
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (128, 300)])
+def test_low_white_noise_gets_the_finer_schedule(shape):
+    """Relative noise 0.27 (FMD two-photon averaged 4 times): half-side crops, about three
+    times the steps; recorded in the choice."""
+    config = make_config("fast", "auto")
+    low = NoiseEstimate(gain=0.0094, offset=-0.000143, fine_ratio=0.96, mean=0.107)
+    assert low.relative_noise < 0.4
+    chosen = calibrated_config(config, low, shape)
+    assert chosen.noise.low_noise_schedule and chosen.crop == config.crop // 2
+    assert chosen.samples == 2 * config.samples
+    assert chosen.steps_per_sample == 13 and config.steps_per_sample == 9
+    assert 2.8 < chosen.total_steps / config.total_steps < 3  # 2085 against 725
+    assert "low noise: 64-pixel crops, 2085 steps" in decision(chosen, low)
+
+
+@pytest.mark.parametrize("estimate, shape", [
+    (NoiseEstimate(0.0808, -0.00144, 0.89, 0.072), (512, 512)),  # noisy: relative 0.92
+    (NoiseEstimate(0.0022, 0.000528, 0.20, 0.19), (512, 512)),  # correlated (wide-field)
+    (NoiseEstimate(0.0094, -0.000143, 0.96, 0.107), (100, 512)),  # planes below a crop
+])
+def test_other_data_keep_the_default_schedule(estimate, shape):
+    config = make_config("fast", "auto")
+    chosen = calibrated_config(config, estimate, shape)
+    assert not chosen.noise.low_noise_schedule
+    assert (chosen.crop, chosen.samples, chosen.steps_per_sample) == (
+        config.crop, config.samples, config.steps_per_sample)
+    v2 = make_config("v2", "auto")  # whole-image recipes keep their schedule
+    assert calibrated_config(v2, estimate, shape).total_steps == v2.total_steps
 
 
 def test_synthetic_noise_follows_the_measured_variance():
