@@ -61,7 +61,9 @@ def train(image: np.ndarray, recipe: str = DEFAULT_RECIPE, microscope: str = DEF
         serves more than one plane trains on the stack schedule (see
         :data:`fm2s.recipes.STACK_SAMPLES_FACTOR`), as :func:`denoise` and the jobs do.
     **overrides
-        Schedule fields of :class:`~fm2s.recipes.TrainConfig` to change.
+        Schedule fields of :class:`~fm2s.recipes.TrainConfig` to change (with ``auto``,
+        low white noise scales ``crop``, ``samples`` and ``steps_per_sample`` further:
+        :data:`fm2s.calibrate.LOW_NOISE_SCHEDULE`; the model's config holds what ran).
 
     Returns
     -------
@@ -198,7 +200,9 @@ def denoise(image: np.ndarray, recipe: str = DEFAULT_RECIPE,
         counts the training steps and the denoised planes of all channels. An exception it
         raises (e.g. to cancel) stops the work and propagates; then nothing is saved.
     **overrides
-        Schedule fields of :class:`~fm2s.recipes.TrainConfig` to change.
+        Schedule fields of :class:`~fm2s.recipes.TrainConfig` to change (with ``auto``,
+        low white noise scales ``crop``, ``samples`` and ``steps_per_sample`` further:
+        :data:`fm2s.calibrate.LOW_NOISE_SCHEDULE`; the model's config holds what ran).
 
     Returns
     -------
@@ -229,9 +233,11 @@ def denoise(image: np.ndarray, recipe: str = DEFAULT_RECIPE,
     for channel in range(channels):
         start = channel * (steps + planes)  # work done before this channel
 
-        def report(step: int, _total: int, start: int = start) -> None:
+        def report(step: int, trained: int, start: int = start) -> None:
+            # training reports its own total (auto may train longer on low noise: the
+            # model's config): mapped onto this channel's share of ``total``
             if progress is not None:
-                progress(start + step, total)
+                progress(start + step * steps // max(trained, 1), total)
 
         stack = np.stack([np.asarray(image[_plane_index(lead, c, channel, p)]) for p in chosen])
         model = train(stack if len(stack) > 1 else stack[0], recipe, microscope, seed, device,
@@ -242,7 +248,8 @@ def denoise(image: np.ndarray, recipe: str = DEFAULT_RECIPE,
         for p in range(planes):
             index = _plane_index(lead, c, channel, p)
             out[index] = apply(runtime, np.asarray(image[index]), provider, out_dtype)
-            report(steps + p + 1, total)
+            if progress is not None:
+                progress(start + steps + p + 1, total)
     for channel, ((model, stack), path) in enumerate(zip(models, paths)):
         if is_package(path):  # a bioimage.io package: needs the planes for its test tensors
             write_atomic(path, build_package(
