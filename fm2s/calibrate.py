@@ -16,8 +16,9 @@ One channel's noise is measured on the (normalized) planes its model trains on:
 :class:`fm2s.recipes.CalibratedNoise`): the synthetic noise follows the measured model,
 its variance 2-4 times the measured one (more for noisier data,
 :func:`variance_factor`); correlated noise gets the wide-field treatment of the FM2S
-authors (11 x 11 median target, no amplification), its variance measured at lag 2. No
-file name or metadata is looked at.
+authors (11 x 11 median target, no amplification), its variance measured at lag 2; low
+noise keeps part of the image's own detail in the median target (:func:`detail_kept`).
+No file name or metadata is looked at.
 """
 
 from __future__ import annotations
@@ -44,6 +45,15 @@ FACTOR_MIN, FACTOR_MAX, FACTOR_SLOPE, S_LOW = 2.0, 4.0, 20.0, 0.4
 #: correlated noise: README "Automatic noise calibration"). Recipes that train on whole
 #: images (``crop`` 0) keep their schedule.
 LOW_NOISE_SCHEDULE = {"crop": 0.5, "samples": 2, "steps_per_sample": 1.45}
+#: low noise keeps some of the image's own detail in the training target: the median
+#: target with DETAIL_MAX (white, correlated noise) of (image - median) put back at a
+#: relative noise of at most DETAIL_FULL, none from DETAIL_NONE up, linear between. At
+#: low noise the median takes away more of the image's fine structure than of its noise,
+#: and a network trained to reproduce the median learns to flatten that structure; the
+#: noise put back with it is small there. Correlated noise gets half: what an 11 x 11
+#: median takes away holds more of it (README "Automatic noise calibration", step 5)
+DETAIL_MAX = {False: 0.3, True: 0.15}
+DETAIL_FULL, DETAIL_NONE = 0.27, 0.36
 #: median window and amplification (white, correlated)
 MEDIAN = {False: 3, True: 11}
 AMPLIFICATION = {False: 2, True: 1}
@@ -200,13 +210,21 @@ def choose(estimate: NoiseEstimate, factor: tuple[float, float] | None = None
     if gain * max(estimate.mean, 1e-3) + offset < MIN_VARIANCE:  # no measurable noise
         gain, offset = 0.0, MIN_VARIANCE
     return CalibratedNoise(amplification=AMPLIFICATION[kind], median=MEDIAN[kind], gain=gain,
-                           offset=offset, factor=factor or (variance_factor(estimate),) * 2)
+                           offset=offset, factor=factor or (variance_factor(estimate),) * 2,
+                           detail=detail_kept(estimate))
 
 
 def variance_factor(estimate: NoiseEstimate) -> float:
     """The synthetic noise's variance over the measured one, for ``estimate``."""
     rise = FACTOR_SLOPE * (estimate.relative_noise - S_LOW)
     return float(np.clip(FACTOR_MIN + rise, FACTOR_MIN, FACTOR_MAX))
+
+
+def detail_kept(estimate: NoiseEstimate) -> float:
+    """The share of the image's detail kept in the training target, for ``estimate``
+    (see :data:`DETAIL_MAX`)."""
+    ramp = (DETAIL_NONE - estimate.relative_noise) / (DETAIL_NONE - DETAIL_FULL)
+    return float(DETAIL_MAX[estimate.correlated] * np.clip(ramp, 0.0, 1.0))
 
 
 def low_noise(estimate: NoiseEstimate) -> bool:

@@ -174,6 +174,7 @@ def decision(config: TrainConfig, estimate: NoiseEstimate) -> str:
     factor = f"x{lo:.3g}" if lo == hi else f"x{lo:.3g}-{hi:.3g}"
     schedule = (f"; low noise: {config.crop}-pixel crops, {config.total_steps} steps"
                 if noise.low_noise_schedule else "")
+    kept = f" keeping {noise.detail:.0%} of the image's detail" if noise.detail else ""
     return (f"auto: {estimate.describe()} -> synthetic noise {factor} that variance, "
-            f"{noise.median}x{noise.median} median target, amplification "
+            f"{noise.median}x{noise.median} median target{kept}, amplification "
             f"{noise.amplification}{schedule}")

@@ -12,9 +12,17 @@ from scipy import ndimage
 from .recipes import CalibratedNoise, NoiseModel
 
 
-def median_target(image: np.ndarray, size: int) -> np.ndarray:
-    """Median-filter a 2D image (reflecting edges), the FM2S training target."""
-    return ndimage.median_filter(np.asarray(image, dtype=np.float32), size=size, mode="reflect")
+def median_target(image: np.ndarray, size: int, detail: float = 0.0) -> np.ndarray:
+    """The FM2S training target: a 2D image median-filtered (reflecting edges).
+
+    ``detail`` (in [0, 1)) puts that share of what the median took away back in:
+    ``median + detail * (image - median)``; 0 (the default) is FM2S's target.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    median = ndimage.median_filter(image, size=size, mode="reflect")
+    if detail == 0:
+        return median
+    return (median + detail * (image - median)).astype(np.float32)
 
 
 def region_means(image: torch.Tensor, model: NoiseModel) -> torch.Tensor:

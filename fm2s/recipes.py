@@ -100,6 +100,9 @@ class CalibratedNoise:
         Whether ``auto`` also made the training schedule finer for low noise
         (:data:`fm2s.calibrate.LOW_NOISE_SCHEDULE`); recorded with the choice, the noise
         synthesis does not use it.
+    detail
+        Share of the image's own detail (image - median) kept in the training target, in
+        [0, 1): 0 is FM2S's median target (:func:`fm2s.noise.median_target`).
     """
 
     amplification: int
@@ -108,6 +111,7 @@ class CalibratedNoise:
     offset: float
     factor: tuple[float, float]
     low_noise_schedule: bool = False
+    detail: float = 0.0
 
     def __post_init__(self) -> None:
         _check_target(self.amplification, self.median)
@@ -116,6 +120,8 @@ class CalibratedNoise:
         lo, hi = self.factor
         if not 0 < lo <= hi:
             raise ValueError("factor must satisfy 0 < low <= high")
+        if not 0 <= self.detail < 1:
+            raise ValueError("detail must be in [0, 1)")
 
 
 @dataclass(frozen=True)

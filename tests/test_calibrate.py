@@ -148,6 +148,45 @@ def test_noisier_data_get_a_stronger_synthetic_noise():
     assert choose(est).factor == (variance_factor(est),) * 2
 
 
+def test_low_noise_keeps_some_detail_in_the_target():
+    """The median target keeps up to DETAIL_MAX of the image's detail at low relative
+    noise, none from DETAIL_NONE up; recorded with the choice and printed."""
+    from fm2s.calibrate import DETAIL_MAX, detail_kept
+
+    # relative noise sqrt(gain / 0.1): 0.03, 0.27, 0.32, 0.45, 0.71
+    estimates = [NoiseEstimate(gain, 0.0, 0.9, 0.1) for gain in (1e-4, 0.0074, 0.01, 0.02, 0.05)]
+    kept = [detail_kept(est) for est in estimates]
+    assert kept == sorted(kept, reverse=True)
+    assert kept[0] == DETAIL_MAX[False] and 0 < kept[2] < kept[1] and kept[3] == kept[4] == 0
+    # correlated noise (wide-field, lag-1/lag-2 ratio 0.2) keeps half as much
+    assert detail_kept(NoiseEstimate(1e-4, 0.0, 0.2, 0.1)) == DETAIL_MAX[True] == kept[0] / 2
+    config = make_config("fast", "auto")
+    low = calibrated_config(config, estimates[1])
+    assert low.noise.detail == pytest.approx(kept[1])
+    assert f"keeping {kept[1]:.0%} of the image's detail" in decision(low, estimates[1])
+    noisy = calibrated_config(config, estimates[4])
+    assert noisy.noise.detail == 0 and "detail" not in decision(noisy, estimates[4])
+    with pytest.raises(ValueError):
+        CalibratedNoise(amplification=2, median=3, gain=0.01, offset=0.0, factor=(2.0, 2.0),
+                        detail=1.0)
+
+
+def test_the_detail_kept_changes_what_the_network_learns():
+    from dataclasses import replace
+
+    from fm2s.training import train_network
+
+    rng = np.random.default_rng(2)
+    image = np.clip(_scene(rng, 64) + rng.normal(0, 0.02, (64, 64)), 0, 1).astype(np.float32)
+    config = calibrated_config(make_config("fast", "auto", samples=2, steps_per_sample=2),
+                               estimate_noise(image))
+    nets = [train_network(image, replace(config, noise=replace(config.noise, detail=d)))
+            for d in (0.0, 0.0, 0.5)]
+    same = [torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[1].parameters())]
+    other = [torch.equal(a, b) for a, b in zip(nets[0].parameters(), nets[2].parameters())]
+    assert all(same) and not any(other)
+
+
 def test_very_low_photon_counts_get_a_sensible_choice():
     """Data unlike FMD (3 photons at the peak): auto gains where the confocal preset,
     tuned for brighter data, barely does (benchmarks/unlike_fmd.py)."""

@@ -55,3 +55,13 @@ def test_median_target_removes_salt_noise():
     img = np.zeros((20, 20), np.float32)
     img[10, 10] = 1.0
     assert median_target(img, 3).max() == 0
+
+
+def test_median_target_can_keep_part_of_the_detail():
+    img = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    med = median_target(img, 3)
+    assert np.array_equal(median_target(img, 3, 0.0), med)
+    kept = median_target(img, 3, 0.3)
+    assert kept.dtype == np.float32
+    np.testing.assert_allclose(kept, med + 0.3 * (img - med), rtol=1e-6)
+    assert np.abs(kept - img).mean() == pytest.approx(0.7 * np.abs(med - img).mean(), rel=1e-4)
