@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from .errors import ParameterError
 
@@ -66,6 +67,8 @@ class NoiseModel:
     lambda_p: float
     mean_range: tuple[float, float]
     zero_padded_windows: bool
+    #: the presets train on FM2S's median target as published (see CalibratedNoise.detail)
+    detail: ClassVar[float] = 0.0
 
     def __post_init__(self) -> None:
         _check_target(self.amplification, self.median)

@@ -12,7 +12,7 @@ from torch import nn
 from .errors import ParameterError
 from .network import FM2SNet
 from .noise import add_noise, median_target, region_means
-from .recipes import CalibratedNoise, NoiseModel, TrainConfig
+from .recipes import NoiseModel, TrainConfig
 
 
 def init_weights(net: nn.Module, generator: torch.Generator) -> None:
@@ -90,8 +90,7 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
     # channels-last memory makes these small convolutions about 2x faster on CPUs
     fmt = torch.channels_last
     # auto may keep some of the image's own detail in the target (fm2s.calibrate.DETAIL_MAX)
-    detail = config.noise.detail if isinstance(config.noise, CalibratedNoise) else 0.0
-    target = torch.from_numpy(np.stack([median_target(p, config.noise.median, detail)
+    target = torch.from_numpy(np.stack([median_target(p, config.noise.median, config.noise.detail)
                                         for p in stack]))
     target = target.to(device)[:, None].expand(planes, amp, h, w).contiguous(memory_format=fmt)
     raw = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))
