@@ -1,6 +1,6 @@
 import pytest
 
-from fm2s.recipes import MICROSCOPES, make_config, with_noise
+from fm2s.recipes import MICROSCOPES, RECIPES, make_config, with_noise
 
 
 def test_paper_recipe_constants_ignore_microscope():
@@ -80,6 +80,6 @@ def test_configs_are_frozen_and_noise_validated():
 
 def test_presets_train_on_the_published_median_target():
     """Only a calibrated (auto) noise model may keep some detail in the target."""
-    for recipe in ("fast", "paper", "v2"):
+    for recipe in RECIPES:
         for microscope in MICROSCOPES:
             assert make_config(recipe, microscope).noise.detail == 0.0
