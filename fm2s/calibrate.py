@@ -17,7 +17,8 @@ One channel's noise is measured on the (normalized) planes its model trains on:
 its variance 2-4 times the measured one (more for noisier data,
 :func:`variance_factor`); correlated noise gets the wide-field treatment of the FM2S
 authors (11 x 11 median target, no amplification), its variance measured at lag 2; low
-noise keeps part of the image's own detail in the median target (:func:`detail_kept`).
+noise keeps part of the image's own detail in the median target (:func:`detail_kept`),
+and holds the synthetic noise of bright structures down (:func:`ceiling`).
 No file name or metadata is looked at.
 """
 
@@ -54,6 +55,16 @@ LOW_NOISE_SCHEDULE = {"crop": 0.5, "samples": 2, "steps_per_sample": 1.45}
 #: median takes away holds more of it (README "Automatic noise calibration", step 5)
 DETAIL_MAX = {False: 0.3, True: 0.15}
 DETAIL_FULL, DETAIL_NONE = 0.27, 0.36
+#: white noise up to a relative noise of CEILING_BELOW: the variance factor r applies in
+#: full only up to r times the mean intensity (the ceiling: 2 x the mean for low noise,
+#: up to 4 x for noisier data, where the factor is higher); above it the synthetic
+#: variance stays at its value there until the measured variance grows past it (never
+#: less than the measured noise). Bright structures then train on less than the
+#: factor's noise, and the network learns to smooth them less (README "Automatic noise
+#: calibration", step 6). Noisier images keep the factor everywhere (Confocal_FISH_1
+#: lost 1.9 dB with a ceiling at 2 x its mean), and so does correlated (wide-field)
+#: noise, on which the ceiling changed nothing (-0.04 to +0.03 dB)
+CEILING_BELOW = 0.6
 #: median window and amplification (white, correlated)
 MEDIAN = {False: 3, True: 11}
 AMPLIFICATION = {False: 2, True: 1}
@@ -211,7 +222,7 @@ def choose(estimate: NoiseEstimate, factor: tuple[float, float] | None = None
         gain, offset = 0.0, MIN_VARIANCE
     return CalibratedNoise(amplification=AMPLIFICATION[kind], median=MEDIAN[kind], gain=gain,
                            offset=offset, factor=factor or (variance_factor(estimate),) * 2,
-                           detail=detail_kept(estimate))
+                           detail=detail_kept(estimate), ceiling=ceiling(estimate))
 
 
 def variance_factor(estimate: NoiseEstimate) -> float:
@@ -225,6 +236,14 @@ def detail_kept(estimate: NoiseEstimate) -> float:
     (see :data:`DETAIL_MAX`)."""
     ramp = (DETAIL_NONE - estimate.relative_noise) / (DETAIL_NONE - DETAIL_FULL)
     return float(DETAIL_MAX[estimate.correlated] * np.clip(ramp, 0.0, 1.0))
+
+
+def ceiling(estimate: NoiseEstimate) -> float | None:
+    """The intensity up to which the variance factor applies in full, for ``estimate``
+    (None: everywhere; see :data:`CEILING_BELOW`)."""
+    if estimate.correlated or estimate.relative_noise > CEILING_BELOW or estimate.mean <= 0:
+        return None
+    return variance_factor(estimate) * estimate.mean
 
 
 def low_noise(estimate: NoiseEstimate) -> bool:

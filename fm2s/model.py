@@ -175,6 +175,11 @@ def decision(config: TrainConfig, estimate: NoiseEstimate) -> str:
     schedule = (f"; low noise: {config.crop}-pixel crops, {config.total_steps} steps"
                 if noise.low_noise_schedule else "")
     kept = f" keeping {noise.detail:.0%} of the image's detail" if noise.detail else ""
-    return (f"auto: {estimate.describe()} -> synthetic noise {factor} that variance, "
+    held = ""
+    if noise.ceiling is not None:  # the factor falls to 1 at x0 + lo * (ceiling - x0)
+        x0 = max(-noise.offset / noise.gain, 0.0) if noise.gain > 0 else 0.0
+        held = (f" up to intensity {noise.ceiling:.3g}, falling to x1 at "
+                f"{x0 + lo * (noise.ceiling - x0):.3g}")
+    return (f"auto: {estimate.describe()} -> synthetic noise {factor} that variance{held}, "
             f"{noise.median}x{noise.median} median target{kept}, amplification "
             f"{noise.amplification}{schedule}")

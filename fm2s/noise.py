@@ -98,7 +98,9 @@ def calibrated_noise(clean: torch.Tensor, model: CalibratedNoise,
     variance r * (gain * x + offset): Poisson counts of x / (r * gain) scaled back, plus
     Gaussian noise of variance r * offset when the offset is positive; a negative
     offset is a dark level x0 = -offset / gain below which pixels get no Poisson noise.
-    Clamped to [0, 1].
+    With a ``model.ceiling`` c, the Poisson part's variance is gain * max(r * min(x, c), x)
+    instead (each pixel's counts scaled to it): r times the measured one up to c, never
+    less than the measured one. Clamped to [0, 1].
     """
     lo, hi = model.factor
     r = lo
@@ -107,9 +109,14 @@ def calibrated_noise(clean: torch.Tensor, model: CalibratedNoise,
         r = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
     x = clean.clamp_min(0)
     if model.gain > 0:
-        a = r * model.gain
         x0 = max(-model.offset / model.gain, 0.0)
-        photons = torch.poisson((x - x0).clamp_min(0) / a, generator=generator)
+        signal = (x - x0).clamp_min(0)
+        a: torch.Tensor | float = r * model.gain  # variance over mean of the counts
+        if model.ceiling is not None:
+            c = max(model.ceiling - x0, 0.0)
+            held = torch.maximum(r * signal.clamp_max(c), signal) / signal.clamp_min(1e-12)
+            a = model.gain * torch.where(signal > c, held, torch.full_like(signal, r))
+        photons = torch.poisson(signal / a, generator=generator)
         noisy = torch.minimum(x, torch.full_like(x, x0)) + photons * a
     else:
         noisy = x

@@ -106,6 +106,10 @@ class CalibratedNoise:
     detail
         Share of the image's own detail (image - median) kept in the training target, in
         [0, 1): 0 is FM2S's median target (:func:`fm2s.noise.median_target`).
+    ceiling
+        Intensity (normalized) up to which the factor applies in full; above it the
+        synthetic variance stays at its value there until the measured variance (factor
+        1) grows past it. None: the factor applies at every intensity.
     """
 
     amplification: int
@@ -115,6 +119,7 @@ class CalibratedNoise:
     factor: tuple[float, float]
     low_noise_schedule: bool = False
     detail: float = 0.0
+    ceiling: float | None = None
 
     def __post_init__(self) -> None:
         _check_target(self.amplification, self.median)
@@ -125,6 +130,8 @@ class CalibratedNoise:
             raise ValueError("factor must satisfy 0 < low <= high")
         if not 0 <= self.detail < 1:
             raise ValueError("detail must be in [0, 1)")
+        if self.ceiling is not None and not 0 < self.ceiling < math.inf:
+            raise ValueError("ceiling must be None or a finite intensity > 0")
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,52 @@ def test_dark_level_gets_no_noise():
     assert torch.equal(sample, clean)
 
 
+@pytest.mark.parametrize("offset", [0.0, -0.0002])
+def test_a_ceiling_holds_the_synthetic_noise_of_bright_pixels(offset):
+    """Up to the ceiling the variance is the factor's; above it, it stays at its value
+    there until the measured variance (factor 1) is larger; the mean is kept."""
+    gain, ceiling, r = 0.01, 0.1, 3.0
+    x0 = max(-offset / gain, 0.0)
+    noise = CalibratedNoise(amplification=1, median=3, gain=gain, offset=offset,
+                            factor=(r, r), ceiling=ceiling)
+    levels = (0.08, 0.2, 0.6)  # below the ceiling, between it and x0 + r (c - x0), above
+    clean = torch.tensor(levels).repeat_interleave(20000).reshape(1, 1, -1, 200)
+    sample = add_noise(clean, None, noise, torch.Generator().manual_seed(3))
+    plain = add_noise(clean, None, CalibratedNoise(amplification=1, median=3, gain=gain,
+                                                   offset=offset, factor=(r, r)),
+                      torch.Generator().manual_seed(3))
+    for level in levels:
+        inside = clean == level
+        signal = level - x0
+        expected = gain * max(r * min(signal, ceiling - x0), signal)
+        assert float(sample[inside].var()) == pytest.approx(expected, rel=0.1), level
+        assert float(sample[inside].mean()) == pytest.approx(level, abs=0.01)
+        if level > ceiling:  # less than without a ceiling
+            assert float(sample[inside].var()) < 0.8 * float(plain[inside].var())
+    with pytest.raises(ValueError):
+        CalibratedNoise(amplification=1, median=3, gain=gain, offset=0.0, factor=(r, r),
+                        ceiling=0.0)
+
+
+def test_low_noise_gets_a_ceiling_and_noisy_data_none():
+    from fm2s.calibrate import CEILING_BELOW, ceiling, variance_factor
+
+    # relative noise sqrt(gain / 0.1): 0.27, 0.55, 0.71
+    low, mid, noisy = (NoiseEstimate(gain, 0.0, 0.9, 0.1) for gain in (0.0074, 0.03, 0.05))
+    assert low.relative_noise < mid.relative_noise <= CEILING_BELOW < noisy.relative_noise
+    config = make_config("fast", "auto")
+    # at r times the mean intensity, r the variance factor: higher for noisier data
+    assert variance_factor(low) < variance_factor(mid) and ceiling(low) < ceiling(mid)
+    for estimate, text in ((low, "up to intensity 0.2, falling to x1 at 0.4"),
+                           (mid, "up to intensity 0.4, falling to x1 at 1.6")):
+        chosen = calibrated_config(config, estimate)
+        assert chosen.noise.ceiling == pytest.approx(variance_factor(estimate) * 0.1)
+        assert text in decision(chosen, estimate)
+    assert ceiling(noisy) is None and calibrated_config(config, noisy).noise.ceiling is None
+    assert ceiling(NoiseEstimate(0.0074, 0.0, 0.2, 0.1)) is None  # correlated: none
+    assert "up to intensity" not in decision(calibrated_config(config, noisy), noisy)
+
+
 def test_noisier_data_get_a_stronger_synthetic_noise():
     from fm2s.calibrate import FACTOR_MAX, FACTOR_MIN, NoiseEstimate, variance_factor
 
