@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import re
-import warnings
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -172,11 +171,7 @@ def test_both_weights_compute_what_apply_computes(run):
     session = ort.InferenceSession(files[rdf["weights"]["onnx"]["source"]],
                                    providers=["CPUExecutionProvider"])
     by_onnx = session.run(None, {rdf["inputs"][0]["id"]: raw})[0][0, 0]
-    # TorchScript is deprecated in torch (2.13 warns on load) and is what bioimage.io
-    # consumers run: load it as they do
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        script = torch.jit.load(io.BytesIO(files[rdf["weights"]["torchscript"]["source"]]))
+    script = torch.jit.load(io.BytesIO(files[rdf["weights"]["torchscript"]["source"]]))
     with torch.no_grad():
         by_torch = script(torch.from_numpy(raw)).numpy()[0, 0]
     span = float(image.max()) - float(image.min())
