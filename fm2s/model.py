@@ -177,7 +177,7 @@ def decision(config: TrainConfig, estimate: NoiseEstimate) -> str:
     kept = f" keeping {noise.detail:.0%} of the image's detail" if noise.detail else ""
     held = ""
     if noise.ceiling is not None:  # the factor falls to 1 at x0 + lo * (ceiling - x0)
-        x0 = max(-noise.offset / noise.gain, 0.0) if noise.gain > 0 else 0.0
+        x0 = noise.dark_level
         held = (f" up to intensity {noise.ceiling:.3g}, falling to x1 at "
                 f"{x0 + lo * (noise.ceiling - x0):.3g}")
     return (f"auto: {estimate.describe()} -> synthetic noise {factor} that variance{held}, "

@@ -109,7 +109,7 @@ def calibrated_noise(clean: torch.Tensor, model: CalibratedNoise,
         r = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * u)
     x = clean.clamp_min(0)
     if model.gain > 0:
-        x0 = max(-model.offset / model.gain, 0.0)
+        x0 = model.dark_level
         signal = (x - x0).clamp_min(0)
         a: torch.Tensor | float = r * model.gain  # variance over mean of the counts
         if model.ceiling is not None:

@@ -133,6 +133,12 @@ class CalibratedNoise:
         if self.ceiling is not None and not 0 < self.ceiling < math.inf:
             raise ValueError("ceiling must be None or a finite intensity > 0")
 
+    @property
+    def dark_level(self) -> float:
+        """Intensity below which pixels get no Poisson noise: -offset / gain for a
+        negative offset, else 0."""
+        return max(-self.offset / self.gain, 0.0) if self.gain > 0 else 0.0
+
 
 @dataclass(frozen=True)
 class TrainConfig:
