@@ -39,6 +39,9 @@ SCRIPT = textwrap.dedent("""
     source, output, where, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     count, lock = [0], threading.Lock()
     sig = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT}.get(where, signal.SIGKILL)
+    # Ctrl-C as in a terminal: a test run started in the background (``cmd &`` in a
+    # script, nohup) hands its children SIGINT ignored, and Python keeps it ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def hit():
         with lock:
