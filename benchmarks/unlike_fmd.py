@@ -79,21 +79,31 @@ def light_sheet(rng: np.random.Generator, planes: int = 30,
     return np.clip(np.rint(noisy), 0, 65535).astype(np.uint16), photons + 100
 
 
+def auto_and_preset(noisy: np.ndarray, training: np.ndarray, seed: int,
+                    **train) -> tuple[dict[str, np.ndarray], str]:
+    """``noisy`` denoised by models trained on ``training`` with ``auto`` and with the
+    ``confocal`` preset, and auto's printed decision."""
+    outs, decision = {}, ""
+    for microscope in ("auto", "confocal"):
+        model = fm2s.train(training, microscope=microscope, device="cpu", seed=seed, **train)
+        outs[microscope] = fm2s.apply(model, noisy, dtype="float32")
+        if microscope == "auto":
+            decision = model.noise_record()["decision"]
+    return outs, decision
+
+
 def stack_figures(noisy: np.ndarray, truth: np.ndarray, seed: int) -> None:
     """Print auto against the confocal preset on a stack, trained as a channel's model."""
     span = float(truth.max() - truth.min())
     index = training_planes(len(noisy), DEFAULT_TRAIN_PLANES)
     before = np.array([psnr(n, t, span) for n, t in zip(noisy, truth)])
     brightest = int(np.argmax(truth.mean(axis=(1, 2))))
+    outs, decision = auto_and_preset(noisy, noisy[index], seed)
     figures = []
-    for microscope in ("auto", "confocal"):
-        model = fm2s.train(noisy[index], microscope=microscope, device="cpu", seed=seed)
-        out = fm2s.apply(model, noisy, dtype="float32")
+    for microscope, out in outs.items():
         gain = np.array([psnr(o, t, span) for o, t in zip(out, truth)]) - before
         figures.append(f"{microscope} {(before + gain).mean():.2f} (per plane {gain.min():+.2f} "
                        f"to {gain.max():+.2f}, brightest {gain[brightest]:+.2f})")
-        if microscope == "auto":
-            decision = model.noise_record()["decision"]
     print(f"  noisy {before.mean():.2f} dB | {' | '.join(figures)}\n  {decision}", flush=True)
 
 
@@ -106,14 +116,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     for name, (noisy, truth) in ({} if args.stacks_only else scenes(rng)).items():
         span = float(truth.max() - truth.min())
-        figures = []
-        for microscope in ("auto", "confocal"):
-            model = fm2s.train(noisy, microscope=microscope, device="cpu", seed=args.seed,
-                               samples=args.samples)
-            out = fm2s.apply(model, noisy, dtype="float32")
-            figures.append(f"{microscope} {psnr(out, truth, span):.2f}")
-            if microscope == "auto":
-                decision = model.noise_record()["decision"]
+        outs, decision = auto_and_preset(noisy, noisy, args.seed, samples=args.samples)
+        figures = [f"{microscope} {psnr(out, truth, span):.2f}" for microscope, out in outs.items()]
         print(f"{name}: noisy {psnr(noisy, truth, span):.2f} dB | {' | '.join(figures)} dB\n"
               f"  {decision}", flush=True)
     rng = np.random.default_rng(args.seed)
