@@ -24,10 +24,11 @@ No file name or metadata is looked at.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage, special
 
 from .recipes import CalibratedNoise, TrainConfig
 
@@ -83,8 +84,8 @@ KEEP_RATIO = 0.5
 def _kept_mean(keep: float) -> float:
     """Mean of the lowest ``keep`` fraction of chi-square(1) draws (Gaussian residuals):
     what the kept mean is divided by to give the variance back."""
-    c = float(stats.norm.ppf((1 + keep) / 2))
-    return (keep - 2 * c * float(stats.norm.pdf(c))) / keep
+    c = float(special.ndtri((1 + keep) / 2))  # the normal quantile (scipy.stats: 0.3 s to import)
+    return (keep - 2 * c * math.exp(-c * c / 2) / math.sqrt(2 * math.pi)) / keep
 
 
 def _trimmed(values: np.ndarray, keep: float) -> float:

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from fm2s.network import FM2SNet
 from fm2s.normalize import fit_normalization
 from fm2s.recipes import make_config
 from fm2s.sample import psnr
-from fm2s.training import resolve_device, train_network
+from fm2s.training import Adam, resolve_device, train_network
 
 
 def _run(image, **kw):
@@ -95,3 +96,33 @@ def test_a_stack_trains_on_all_its_planes(rng, recipe_kw):
         with torch.no_grad():
             out = norm.inverse(net(x).clamp(0, 1).mean(1)[0].numpy())
         assert psnr(out, truth) > psnr(noisy, truth) + 3
+
+
+def test_adam_is_torch_adam_bit_for_bit(rng):
+    """fm2s's Adam (no torch.optim import: torch._dynamo costs seconds) updates exactly as
+    torch.optim.Adam does, with the learning rate changed between steps as the schedule does."""
+    x = torch.from_numpy(rng.random((2, 2, 24, 24), dtype=np.float32))
+    x = x.contiguous(memory_format=torch.channels_last)
+    target = x.flip(-1)
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        nets.append(FM2SNet(2, 5, 3, 5).to(memory_format=torch.channels_last))
+    start = nets[0].conv1.weight.detach().clone()
+    ours = Adam(list(nets[0].parameters()), lr=4e-3)
+    theirs = torch.optim.Adam(nets[1].parameters(), lr=4e-3)
+    for step in range(40):
+        lr = 4e-3 * (0.5 + 0.5 * np.cos(np.pi * step / 40))
+        ours.lr = lr
+        for group in theirs.param_groups:
+            group["lr"] = lr
+        torch.nn.functional.mse_loss(nets[0](x), target).backward()
+        ours.step()
+        theirs.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(nets[1](x), target).backward()
+        theirs.step()
+    assert ours.steps == 40
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert a.grad is None
+        assert torch.equal(a, b)
+    assert (nets[0].conv1.weight - start).abs().max() > 1e-3  # it did train
