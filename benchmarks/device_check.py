@@ -13,7 +13,10 @@ Steps (each bounded by its own timeout, so the whole stays within ``--budget`` s
 5. ``train.json``: ``train-and-apply --device cuda`` with default settings (the ``fast``
    recipe, ``--microscope auto``) on the six FMD images (synthetic 512 x 512 images where
    ../shared is absent), fp32 and fp16: training seconds as the command reports them, the
-   whole command's wall time, PSNR, the noise decision printed.
+   whole command's wall time, PSNR, the noise decision printed; under ``"options"``, the
+   in-process training seconds of ``benchmarks/gpu_options.py`` (warm, each GPU option,
+   CUDA-graph steps, and the low-noise schedule with and without them), run before the
+   bench so that a short budget keeps them.
 """
 
 from __future__ import annotations
@@ -127,6 +130,25 @@ def bench_step(out: Path, provider: str, shape: str, tile: int, timeout: float,
         write(out, "bench_error.json", {"exit_code": code, "output": text[-4000:]})
 
 
+def options_step(quick: bool, timeout: float) -> dict:
+    """benchmarks/gpu_options.py's figures (``quick``: its CPU dry run on a small crop)."""
+    path = Path(tempfile.mkdtemp(prefix="fm2s-options-")) / "options.json"
+    args = ["--device", "cpu", "--repeats", "1", "--size", "64"] if quick else \
+        ["--device", "cuda", "--repeats", "1"]
+    try:
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_options.py"),
+                               *args, "--json", str(path)], capture_output=True, text=True,
+                              timeout=timeout)
+        text, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:  # keep the rows printed so far
+        done = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
+        text, code = f"timed out after {timeout:.0f} s\n{done}", 124
+    print(text, flush=True)
+    if code or not path.is_file():
+        return {"exit_code": code, "output": text[-4000:]}
+    return {"exit_code": 0, **json.loads(path.read_text())}
+
+
 def _images(work: Path, quick: bool) -> list[tuple[str, Path, Path | None]]:
     """(name, raw, truth or None) of the six FMD images, or synthetic ones."""
     if (FMD / "raw").is_dir():
@@ -147,7 +169,8 @@ def _images(work: Path, quick: bool) -> list[tuple[str, Path, Path | None]]:
     return images
 
 
-def train_step(out: Path, device: str, quick: bool, timeout: float) -> None:
+def train_step(out: Path, device: str, quick: bool, timeout: float,
+               options: dict | None = None) -> None:
     import numpy as np
     from PIL import Image
 
@@ -191,7 +214,7 @@ def train_step(out: Path, device: str, quick: bool, timeout: float) -> None:
                 diffs[row["image"]] = row["psnr"] - ref["psnr"]
     write(out, "train.json", {"device": device, "data": "FMD" if (FMD / "raw").is_dir()
                               else "synthetic 512 x 512", "rows": rows,
-                              "fp16_minus_fp32_db": diffs})
+                              "fp16_minus_fp32_db": diffs, "options": options})
 
 
 def main() -> None:
@@ -210,12 +233,15 @@ def main() -> None:
     def left(share: float) -> float:
         return max(10.0, min(share * args.budget, args.budget - (time.perf_counter() - start)))
 
+    extra: dict = {}  # in train.json: the device tool returns at most 8 files
     steps = [("env", lambda: env_step(args.out)),
              ("gpu tests", lambda: tests_step(args.out, left(0.2))),
              ("tiling", lambda: tiling_step(args.out, provider)),
+             ("options", lambda: extra.update(options=options_step(args.cpu, left(0.2)))),
              ("bench", lambda: bench_step(args.out, provider, shape, tile, left(0.4),
                                           1 if args.cpu else 3)),
-             ("train", lambda: train_step(args.out, provider, args.cpu, left(1.0)))]
+             ("train", lambda: train_step(args.out, provider, args.cpu, left(1.0),
+                                          extra.get("options")))]
     for name, step in steps:
         print(f"== {name} ({time.perf_counter() - start:.0f} s)", flush=True)
         try:

@@ -6,19 +6,26 @@ On one image (an FMD capture, else a synthetic 512 x 512 one), in one process:
   as the command line's "trained in" figure counts it;
 - ``warm``: the same again, twice (the steps alone, plus measuring the noise);
 - the same warm run with one option changed: ``cudnn.benchmark``, contiguous (not
-  channels-last) tensors, ``torch.optim.Adam(fused=True)`` instead of fm2s's Adam, all three.
+  channels-last) tensors, ``torch.optim.Adam(fused=True)`` instead of fm2s's Adam, all three;
+  and ``graph``: each step captured once as a CUDA graph and replayed
+  (``train_network(cuda_graph=True)``, :mod:`fm2s.cudagraph`);
+- then, on a low-noise version of the image (its ground truth with Poisson noise of 4
+  counts per grey level, which auto trains with its finer schedule, 2085 steps instead of
+  725), the warm run and ``graph``.
 
 It prints one line per run (seconds, steps per second, PSNR when a ground truth is at
-hand) and writes them as JSON with ``--json``.
+hand) and writes them as JSON with ``--json``. On a CPU only ``graph`` is run (the step
+without capture: a dry run); ``--size`` crops the image for quick dry runs.
 
     python benchmarks/gpu_options.py --device cuda --json speed.json
-    python benchmarks/gpu_options.py --device cpu --repeats 1
+    python benchmarks/gpu_options.py --device cpu --repeats 1 --size 128
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import time
@@ -28,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import fm2s.model
 import fm2s.training
 from fm2s.model import train_model
 from fm2s.recipes import config_for
@@ -56,7 +64,8 @@ class FusedAdam:
 @contextlib.contextmanager
 def option(name: str):
     """Run the training with one GPU option changed (patched at call time)."""
-    saved = (torch.backends.cudnn.benchmark, torch.channels_last, fm2s.training.Adam)
+    saved = (torch.backends.cudnn.benchmark, torch.channels_last, fm2s.training.Adam,
+             fm2s.model.train_network)
     try:
         if name in ("benchmark", "all"):
             torch.backends.cudnn.benchmark = True
@@ -64,9 +73,13 @@ def option(name: str):
             torch.channels_last = torch.contiguous_format
         if name in ("fused", "all"):
             fm2s.training.Adam = FusedAdam
+        if name == "graph":
+            fm2s.model.train_network = functools.partial(fm2s.training.train_network,
+                                                         cuda_graph=True)
         yield
     finally:
-        torch.backends.cudnn.benchmark, torch.channels_last, fm2s.training.Adam = saved
+        (torch.backends.cudnn.benchmark, torch.channels_last, fm2s.training.Adam,
+         fm2s.model.train_network) = saved
 
 
 def main() -> None:
@@ -75,6 +88,7 @@ def main() -> None:
     ap.add_argument("--image", default="Confocal_FISH")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--size", type=int, default=0, help="crop the image to size x size")
     args = ap.parse_args()
     raw_path = FMD / "raw" / f"{args.image}_1.png"
     if raw_path.is_file():
@@ -83,31 +97,42 @@ def main() -> None:
     else:
         noisy, truth = synthetic_image((512, 512), np.random.default_rng(0), offset=0.0)
         raw = np.clip(noisy, 0, 255).astype(np.uint8)
+    if args.size:
+        raw, truth = raw[:args.size, :args.size], truth[:args.size, :args.size]
+    # the same scene at low noise: auto gives it the finer schedule (fm2s.calibrate)
+    low = np.random.default_rng(0).poisson(truth.astype(np.float64) * 4) / 4
+    low = np.clip(np.round(low), 0, 255).astype(np.uint8)
     config = config_for("fast", "auto", 0, 1)
     rows = []
 
-    def run(name: str) -> None:
+    def run(name: str, image: np.ndarray, kind: str) -> None:
         if args.device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        model = train_model(raw, config, args.device)
+        model = train_model(image, config, args.device)
         wall = time.perf_counter() - start
-        out = model.runtime("cpu")(raw[None].astype(np.float32))[0]
-        row = dict(run=name, seconds=round(wall, 3), train_s=round(model.seconds, 3),
+        out = model.runtime("cpu")(image[None].astype(np.float32))[0]
+        row = dict(run=name, image=kind, seconds=round(wall, 3), train_s=round(model.seconds, 3),
                    steps=model.config.total_steps,
                    steps_per_s=round(model.config.total_steps / model.seconds, 1),
                    psnr=round(psnr(out, truth, 255.0), 3))
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    run("cold")
+    names = ("benchmark", "contiguous", "fused", "all", "graph") if args.device == "cuda" \
+        else ("graph",)
+    run("cold", raw, "capture")
     for k in range(args.repeats):
-        run(f"warm{k + 1}")
-    if args.device == "cuda":
-        for name in ("benchmark", "contiguous", "fused", "all"):
-            with option(name):
-                for k in range(args.repeats):
-                    run(f"{name}{k + 1}")
+        run(f"warm{k + 1}", raw, "capture")
+    for name in names:
+        with option(name):
+            for k in range(args.repeats):
+                run(f"{name}{k + 1}", raw, "capture")
+    for k in range(args.repeats):
+        run(f"warm{k + 1}", low, "low-noise")
+    with option("graph"):
+        for k in range(args.repeats):
+            run(f"graph{k + 1}", low, "low-noise")
     info = dict(device=args.device, image=args.image if raw_path.is_file() else "synthetic",
                 torch=torch.__version__,
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

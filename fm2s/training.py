@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cudagraph import CapturedStep, step_table
 from .errors import ParameterError
 from .network import FM2SNet
 from .noise import add_noise, median_target, region_means
@@ -100,7 +101,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.device = "cpu",
-                  progress: Callable[[int, int], None] | None = None) -> FM2SNet:
+                  progress: Callable[[int, int], None] | None = None,
+                  cuda_graph: bool = False) -> FM2SNet:
     """Train the FM2S network on one normalized 2D image, or on a stack of planes.
 
     Parameters
@@ -116,6 +118,11 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
         Torch device to train on.
     progress
         Called as ``progress(step, total)`` from time to time.
+    cuda_graph
+        Take the steps with :class:`fm2s.cudagraph.CapturedStep`: on a GPU the step is
+        captured once as a CUDA graph and replayed (opt-in until measured on a GPU;
+        the weights differ from the default's by rounding). On a CPU, the same step
+        without capture.
 
     Returns
     -------
@@ -160,9 +167,10 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
     init_weights(net, torch.Generator().manual_seed(config.seed))
     net.to(device=device, memory_format=fmt).train()
     params = list(net.parameters())
-    opt = Adam(params, lr=config.lr)
-    lr_factor = _lr_factor(config)
     loss_fn = nn.MSELoss()
+
+    def loss(inp: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+        return loss_fn(net(inp * gain), tgt * gain)
 
     def pick_planes(n: int) -> list[int]:  # no draw for one plane: 2D runs stay as they were
         if planes == 1:
@@ -182,17 +190,24 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
 
     # exponential moving average of the weights: steadies the end of short runs
     ema = [p.detach().clone() for p in params] if config.ema > 0 else None
+    lr_factor = _lr_factor(config)
+    step: Callable[[torch.Tensor, torch.Tensor], None]
+    if cuda_graph:
+        table = step_table(lambda k: config.lr * lr_factor(k), config.total_steps,
+                           (0.9, 0.999), config.ema)
+        step = CapturedStep(loss, params, table, ema=ema)
+    else:
+        opt = Adam(params, lr=config.lr)
 
-    def step(inp: torch.Tensor, tgt: torch.Tensor) -> None:
-        loss = loss_fn(net(inp * gain), tgt * gain)
-        loss.backward()
-        opt.lr = config.lr * lr_factor(opt.steps)
-        opt.step()
-        if ema is not None:  # warm-started average, so short runs forget the initial weights
-            steps = opt.steps  # steps taken so far, this one included
-            decay = min(config.ema, steps / (9 + steps))
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        def step(inp: torch.Tensor, tgt: torch.Tensor) -> None:
+            loss(inp, tgt).backward()
+            opt.lr = config.lr * lr_factor(opt.steps)
+            opt.step()
+            if ema is not None:  # warm-started average, so short runs forget the initial weights
+                steps = opt.steps  # steps taken so far, this one included
+                decay = min(config.ema, steps / (9 + steps))
+                with torch.no_grad():
+                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
 
     total = config.total_steps
     done = 0

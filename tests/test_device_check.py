@@ -31,3 +31,7 @@ def test_cpu_dry_run_writes_every_figure(tmp_path):
     train = json.loads((out / "train.json").read_text())
     (row,) = train["rows"]
     assert row["exit_code"] == 0 and row["train_s"] > 0 and row["psnr"] > 20
+    options = train["options"]  # benchmarks/gpu_options.py, CUDA-graph steps included
+    assert options["exit_code"] == 0, options
+    runs = {(r["image"], r["run"]) for r in options["rows"]}
+    assert {("capture", "warm1"), ("capture", "graph1"), ("low-noise", "graph1")} <= runs
