@@ -20,19 +20,19 @@ import torch
 
 
 def step_table(lr: Callable[[int], float], total: int, betas: tuple[float, float],
-               ema: float) -> np.ndarray:
+               decay: Callable[[int], float] | None = None) -> np.ndarray:
     """Per-step scalars of Adam and the weight average, one row per step.
 
     Parameters
     ----------
     lr
-        Learning rate of step ``t`` (0-based, as ``fm2s.training`` counts them).
+        Learning rate of step ``k`` (0-based: the steps taken before it).
     total
         Number of steps.
     betas
         Adam's betas.
-    ema
-        The weight average's decay (0: none); warm-started as in ``fm2s.training``.
+    decay
+        The weight average's decay after ``t`` steps (t = 1, 2, ...); None: no average.
 
     Returns
     -------
@@ -43,8 +43,9 @@ def step_table(lr: Callable[[int], float], total: int, betas: tuple[float, float
     beta1, beta2 = betas
     t = np.arange(1, total + 1, dtype=np.float64)
     rates = np.array([lr(k) for k in range(total)], dtype=np.float64)
-    decay = np.minimum(ema, t / (9 + t)) if ema > 0 else np.zeros(total)
-    return np.stack([-rates / (1 - beta1 ** t), np.sqrt(1 - beta2 ** t), 1 - decay],
+    decays = np.array([decay(k) for k in range(1, total + 1)] if decay else np.zeros(total),
+                      dtype=np.float64)
+    return np.stack([-rates / (1 - beta1 ** t), np.sqrt(1 - beta2 ** t), 1 - decays],
                     axis=1).astype(np.float32)
 
 

@@ -190,11 +190,15 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
 
     # exponential moving average of the weights: steadies the end of short runs
     ema = [p.detach().clone() for p in params] if config.ema > 0 else None
+
+    def ema_decay(steps: int) -> float:  # warm-started, so short runs forget the start
+        return min(config.ema, steps / (9 + steps))
+
     lr_factor = _lr_factor(config)
     step: Callable[[torch.Tensor, torch.Tensor], None]
     if cuda_graph:
         table = step_table(lambda k: config.lr * lr_factor(k), config.total_steps,
-                           (0.9, 0.999), config.ema)
+                           (0.9, 0.999), ema_decay if ema is not None else None)
         step = CapturedStep(loss, params, table, ema=ema)
     else:
         opt = Adam(params, lr=config.lr)
@@ -203,11 +207,10 @@ def train_network(image: np.ndarray, config: TrainConfig, device: str | torch.de
             loss(inp, tgt).backward()
             opt.lr = config.lr * lr_factor(opt.steps)
             opt.step()
-            if ema is not None:  # warm-started average, so short runs forget the initial weights
-                steps = opt.steps  # steps taken so far, this one included
-                decay = min(config.ema, steps / (9 + steps))
+            if ema is not None:  # opt.steps: the steps taken so far, this one included
                 with torch.no_grad():
-                    torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+                    torch._foreach_lerp_(ema, [p.detach() for p in params],
+                                         1 - ema_decay(opt.steps))
 
     total = config.total_steps
     done = 0

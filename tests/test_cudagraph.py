@@ -34,14 +34,15 @@ def test_step_table_follows_the_schedule():
     cfg = make_config("fast", "confocal", samples=7, steps_per_sample=3)
     assert cfg.lr_final > 0 and cfg.ema > 0  # a cosine schedule and a weight average
     factor = _lr_factor(cfg)
-    table = step_table(lambda k: cfg.lr * factor(k), cfg.total_steps, (0.9, 0.999), cfg.ema)
+    table = step_table(lambda k: cfg.lr * factor(k), cfg.total_steps, (0.9, 0.999),
+                       lambda t: min(cfg.ema, t / (9 + t)))
     t = np.arange(1, cfg.total_steps + 1)
     lr = cfg.lr * np.array([factor(k) for k in range(cfg.total_steps)])
     assert table.shape == (cfg.total_steps, 3) and table.dtype == np.float32
     np.testing.assert_allclose(table[:, 0], -lr / (1 - 0.9 ** t), rtol=1e-6)
     np.testing.assert_allclose(table[:, 1], np.sqrt(1 - 0.999 ** t), rtol=1e-6)
     np.testing.assert_allclose(table[:, 2], 1 - np.minimum(cfg.ema, t / (9 + t)), rtol=1e-6)
-    assert step_table(lambda k: 1e-3, 4, (0.9, 0.999), 0.0)[:, 2].tolist() == [1.0] * 4
+    assert step_table(lambda k: 1e-3, 4, (0.9, 0.999))[:, 2].tolist() == [1.0] * 4
 
 
 @pytest.mark.parametrize("crop", [0, 32])
@@ -69,7 +70,7 @@ def test_a_captured_step_takes_only_its_table():
     net = torch.nn.Conv2d(1, 1, 3, padding=1)
     params = list(net.parameters())
     step = CapturedStep(lambda i, t: torch.nn.functional.mse_loss(net(i), t), params,
-                        step_table(lambda k: 1e-3, 2, (0.9, 0.999), 0.0))
+                        step_table(lambda k: 1e-3, 2, (0.9, 0.999)))
     x = torch.rand(1, 1, 8, 8)
     step(x, x)
     step(x, x)
