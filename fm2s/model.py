@@ -8,22 +8,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from ._version import __version__
-from .calibrate import NoiseEstimate, calibrated_config, estimate_noise
+from .calibrate import NoiseEstimate, estimate_noise
 from .errors import FM2SError
 from .export import Denoiser, to_onnx
 from .network import FM2SNet
 from .normalize import Normalization, fit_normalization, stack_stats
 from .pixels import check_pixel_type, check_plane_shape
-from .recipes import TrainConfig
+from .recipes import CalibratedNoise, TrainConfig
 from .runs import write_atomic
 from .runtime import OnnxDenoiser
+from .selection import SELECTION, Selection, candidates, score, scored_planes, select
 from .training import resolve_device, train_network
 
 
@@ -47,6 +48,8 @@ class TrainedModel:
         Device it was trained on.
     estimate
         The noise measured on the training planes (``--microscope auto``), else None.
+    selection
+        What ``auto`` compared and chose (:mod:`fm2s.selection`), else None.
     """
 
     net: FM2SNet
@@ -56,10 +59,11 @@ class TrainedModel:
     seconds: float
     device: str
     estimate: NoiseEstimate | None = None
+    selection: Selection | None = None
 
     def noise_record(self) -> dict | None:
         """What ``auto`` measured and chose (None for a named preset)."""
-        return noise_record(self.config, self.estimate)
+        return noise_record(self.config, self.estimate, self.selection)
 
     @property
     def halo(self) -> int:
@@ -150,26 +154,75 @@ def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
     normalization = fit_normalization(planes, config.normalization)
     start = time.perf_counter()
     normalized = normalization.forward(planes)
-    estimate = None
-    if not config.calibrated:  # auto: the noise synthesis is chosen from these planes
+    estimate = selection = None
+    if config.calibrated:
+        net = train_network(normalized, config, torch_device, progress)
+    else:  # auto: the noise synthesis is chosen on these planes (fm2s.selection)
         estimate = estimate_noise(normalized)
-        config = calibrated_config(config, estimate, planes.shape[-2:])
-    net = train_network(normalized, config, torch_device, progress)
+        selection, net, config = select_and_train(normalized, config, estimate, torch_device,
+                                                  progress)
     return TrainedModel(net, normalization, config, (float(stats[2]), float(stats[3])),
-                        time.perf_counter() - start, str(torch_device), estimate)
+                        time.perf_counter() - start, str(torch_device), estimate, selection)
 
 
-def noise_record(config: TrainConfig, estimate: NoiseEstimate | None) -> dict | None:
+def select_and_train(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
+                     device, progress: Callable[[int, int], None] | None = None
+                     ) -> tuple[Selection, FM2SNet, TrainConfig]:
+    """``auto``: compare the candidate syntheses on ``planes`` (:func:`fm2s.selection.select`),
+    train the winner's full schedule, score it the same way and keep whichever of its two
+    runs scored better. Returns the selection, the network kept and its config.
+    ``progress`` sees one run of the comparison's steps and the final training's."""
+    stack = planes if planes.ndim == 3 else planes[None]
+    compared = candidates(config, estimate, stack.shape[-2:])
+    screens = [SELECTION.screening(c).total_steps for _, c in compared]
+    # the final run is one of the candidates': count the longest, finish at the total
+    overall = sum(screens) + max(c.total_steps for _, c in compared)
+    done = 0
+
+    def report(step: int, total: int) -> None:
+        if progress is not None:
+            progress(min(done + step, overall), overall)
+
+    def train(p: np.ndarray, c: TrainConfig) -> FM2SNet:
+        nonlocal done
+        net = train_network(p, c, device, report)
+        done += c.total_steps
+        return net
+
+    selection = select(planes, config, estimate, train)
+    winner = selection.winner
+    net = train_network(planes, winner.config, device, report)
+    full = score(net, scored_planes(stack, SELECTION.max_planes), estimate, winner.config)
+    selection = replace(selection, full_score=full)
+    if progress is not None:
+        progress(overall, overall)
+    if selection.kept_full:
+        return selection, net, winner.config
+    return selection, winner.net, winner.screened
+
+
+def noise_record(config: TrainConfig, estimate: NoiseEstimate | None,
+                 selection: Selection | None = None) -> dict | None:
     """The noise measurement and the choice made from it, for metadata and provenance."""
     if estimate is None:
         return None
-    return {"measured": asdict(estimate), "correlated": estimate.correlated,
-            "chosen": asdict(config.noise), "decision": decision(config, estimate)}
+    record = {"measured": asdict(estimate), "correlated": estimate.correlated,
+              "chosen": asdict(config.noise), "decision": decision(config, estimate, selection)}
+    if selection is not None:
+        record["compared"] = {c.name: c.score for c in selection.candidates}
+        record["chosen_name"] = selection.winner.name
+    return record
 
 
-def decision(config: TrainConfig, estimate: NoiseEstimate) -> str:
-    """One line: what ``auto`` measured and what it chose."""
-    noise = config.noise  # a CalibratedNoise: only auto configs have an estimate
+def decision(config: TrainConfig, estimate: NoiseEstimate,
+             selection: Selection | None = None) -> str:
+    """One line: what ``auto`` measured, what it compared and what it chose."""
+    compared = f"; {selection.describe()}" if selection is not None else ""
+    noise = config.noise
+    if not isinstance(noise, CalibratedNoise):  # a named preset won the comparison
+        return (f"auto: {estimate.describe()}{compared}; trained with the {config.microscope} "
+                f"preset ({noise.median}x{noise.median} median target, amplification "
+                f"{noise.amplification}, {config.total_steps} steps)")
     lo, hi = noise.factor
     factor = f"x{lo:.3g}" if lo == hi else f"x{lo:.3g}-{hi:.3g}"
     schedule = (f"; low noise: {config.crop}-pixel crops, {config.total_steps} steps"
@@ -180,6 +233,6 @@ def decision(config: TrainConfig, estimate: NoiseEstimate) -> str:
         x0 = noise.dark_level
         held = (f" up to intensity {noise.ceiling:.3g}, falling to x1 at "
                 f"{x0 + lo * (noise.ceiling - x0):.3g}")
-    return (f"auto: {estimate.describe()} -> synthetic noise {factor} that variance{held}, "
-            f"{noise.median}x{noise.median} median target{kept}, amplification "
+    return (f"auto: {estimate.describe()}{compared} -> synthetic noise {factor} that "
+            f"variance{held}, {noise.median}x{noise.median} median target{kept}, amplification "
             f"{noise.amplification}{schedule}")

@@ -322,12 +322,28 @@ def make_config(recipe: str = DEFAULT_RECIPE, microscope: str = DEFAULT_MICROSCO
                        seed=seed, **fields)
 
 
+def as_preset(config: TrainConfig, microscope: str) -> TrainConfig:
+    """``config`` (any recipe, schedule and seed) with the noise model of a named preset.
+
+    The preset's own schedule changes (``fast``: more samples for ``widefield``) apply in
+    proportion to the config's schedule, so a stack's or an override's schedule keeps its
+    scale. Used by ``auto`` to compare presets (:mod:`fm2s.selection`).
+    """
+    if microscope == DEFAULT_MICROSCOPE or microscope not in MICROSCOPES:
+        raise ParameterError("microscope", microscope, "name a preset, not auto")
+    schedule, noises, per_microscope = _RECIPE_TABLE[config.recipe]
+    scaled = {key: max(1, round(getattr(config, key) * value / schedule[key]))
+              for key, value in per_microscope.get(microscope, {}).items()}
+    return replace(config, microscope=microscope, noise=noises[microscope], **scaled)
+
+
 def with_noise(config: TrainConfig, **changes) -> TrainConfig:
     """Return ``config`` with some noise-model fields changed."""
     return replace(config, noise=replace(config.noise, **changes))
 
 
-__all__ = ["NoiseModel", "CalibratedNoise", "TrainConfig", "make_config", "with_noise",
+__all__ = ["NoiseModel", "CalibratedNoise", "TrainConfig", "make_config", "as_preset",
+           "with_noise",
            "RECIPES", "MICROSCOPES", "DEFAULT_RECIPE", "DEFAULT_MICROSCOPE"]
 
 

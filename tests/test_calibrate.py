@@ -257,6 +257,8 @@ def test_a_nearly_noise_free_image_gains_from_the_detail_kept(monkeypatch):
     (+1.4 to +5.1 dB over seeds 0-2 when measured) and improves on the input."""
     import fm2s
     import fm2s.calibrate as calibrate
+    from fm2s.model import train_model
+    from fm2s.normalize import fit_normalization
     from fm2s.sample import psnr
 
     rng = np.random.default_rng(0)
@@ -271,7 +273,11 @@ def test_a_nearly_noise_free_image_gains_from_the_detail_kept(monkeypatch):
     for kept in (True, False):
         if not kept:  # the same run with FM2S's plain median target
             monkeypatch.setattr(calibrate, "detail_kept", lambda estimate: 0.0)
-        model = fm2s.train(noisy, device="cpu", seed=0, samples=40)
+        # the measured synthesis alone (auto compares it with the presets: test_selection)
+        config = make_config("fast", "auto", seed=0, samples=40)
+        normalized = fit_normalization(noisy, config.normalization).forward(noisy)
+        config = calibrate.calibrated_config(config, estimate_noise(normalized), noisy.shape)
+        model = train_model(noisy, config, "cpu")
         assert (model.config.noise.detail > 0) == kept
         scores[kept] = psnr(fm2s.apply(model, noisy, dtype="float32"), truth, span)
     assert scores[True] > scores[False] + 0.5, scores

@@ -1,0 +1,248 @@
+"""``--microscope auto``: the noise synthesis chosen by a measurement on the image itself.
+
+Each candidate synthesis (the one :func:`fm2s.calibrate.choose` derives from the measured
+noise, and the FM2S authors' named presets) trains a short run on the training planes;
+each network is then scored on the same planes by recorruption (Pang et al., CVPR 2021,
+"Recorrupted-to-Recorrupted"): with z drawn from the measured noise model,
+
+    score(f) = mean | f(y + alpha z) - (y - z / alpha) |^2,
+
+whose expectation is the network's mean squared error against the noise-free image (on
+an image alpha^2 noisier than y) plus a constant the same for every candidate, when z
+has the noise's own variance and spatial correlation. The candidate of the lowest score
+then trains its full schedule. Nothing here looks at file names or metadata.
+
+The noise model is :class:`fm2s.calibrate.NoiseEstimate` (Poisson-Gaussian variance,
+white or correlated). Correlated noise is modelled as white noise blurred by a Gaussian
+whose width reproduces the measured lag-1 / lag-2 ratio (:func:`correlation_width`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .calibrate import MIN_VARIANCE, NoiseEstimate, _laplacian, calibrated_config
+from .export import Denoiser
+from .network import FM2SNet
+from .normalize import Normalization
+from .recipes import TrainConfig, as_preset
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    """How ``auto`` compares its candidates (data, not code branches).
+
+    Parameters
+    ----------
+    presets
+        Named presets compared with the synthesis derived from the measured noise.
+    screen_crop
+        The comparison trains each candidate's full schedule of steps on crops of this
+        share of the recipe's crop side (a quarter of the pixels at 0.5); recipes that
+        train on whole images train ``screen_samples`` of their samples instead.
+    screen_samples
+        Share of the noisy samples of whole-image recipes trained for the comparison.
+    alpha
+        Recorruption strength: the network sees y + alpha z, is scored against
+        y - z / alpha.
+    draws
+        Recorruption draws averaged per plane.
+    max_planes
+        Training planes scored at most (spread over the stack).
+    """
+
+    presets: tuple[str, ...] = ("confocal", "twophoton", "widefield", "generic")
+    screen_crop: float = 0.5
+    screen_samples: float = 0.25
+    alpha: float = 0.5
+    draws: int = 3
+    max_planes: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0 < self.screen_crop <= 1 or not 0 < self.screen_samples <= 1:
+            raise ValueError("screen_crop and screen_samples must be in (0, 1]")
+        if self.alpha <= 0 or self.draws < 1 or self.max_planes < 1:
+            raise ValueError("alpha must be > 0, draws and max_planes >= 1")
+
+    def screening(self, config: TrainConfig) -> TrainConfig:
+        """The cheaper run of ``config`` that the comparison trains."""
+        if config.crop:
+            return replace(config, crop=max(16, round(config.crop * self.screen_crop)))
+        return replace(config, samples=max(1, math.ceil(config.samples * self.screen_samples)))
+
+
+SELECTION = SelectionConfig()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One compared noise synthesis: its name, its full config, the config and network of
+    its comparison run, and that network's score (lower is better)."""
+
+    name: str
+    config: TrainConfig
+    screened: TrainConfig
+    net: FM2SNet = field(repr=False, compare=False)
+    score: float
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What ``auto`` compared and chose: the candidates (comparison runs), the winner's
+    index, and the score of the winner trained on its full schedule (None until then)."""
+
+    candidates: tuple[Candidate, ...]
+    chosen: int
+    full_score: float | None = None
+
+    @property
+    def winner(self) -> Candidate:
+        return self.candidates[self.chosen]
+
+    @property
+    def kept_full(self) -> bool:
+        """Whether the full run of the winner scored at least as well as its comparison
+        run (then the full run is the model)."""
+        return self.full_score is not None and self.full_score <= self.winner.score
+
+    def describe(self) -> str:
+        """One line: the scores and why the winner won."""
+        best = self.winner.score
+        others = sorted(c.score for i, c in enumerate(self.candidates) if i != self.chosen)
+        margin = (others[0] / best - 1) if others and best > 0 else 0.0
+        scores = ", ".join(f"{c.name} {c.score / best:.3f}" for c in self.candidates)
+        text = (f"compared {len(self.candidates)} noise syntheses trained on this image "
+                f"({self.winner.screened.crop or 'whole'}-pixel crops), scored by recorruption "
+                f"(the error on a noisier copy against an independent one; relative: {scores});"
+                f" chose {self.winner.name}, {margin:.1%} below the next")
+        if self.full_score is not None:
+            text += (f"; its full schedule scored {self.full_score / best:.3f}: kept the "
+                     f"{'full' if self.kept_full else 'comparison'} run")
+        return text
+
+
+def candidates(config: TrainConfig, estimate: NoiseEstimate,
+               plane_shape: tuple[int, int] | None,
+               selection: SelectionConfig = SELECTION) -> list[tuple[str, TrainConfig]]:
+    """The compared configs: the measured synthesis first, then the named presets."""
+    measured = calibrated_config(config, estimate, plane_shape)
+    return [("measured", measured)] + [(name, as_preset(config, name))
+                                       for name in selection.presets]
+
+
+@lru_cache(maxsize=1)
+def _ratio_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lag-1 / lag-2 residual variance ratio, and the lag-2 residual's gain, of white noise
+    blurred by Gaussians of each width (exact, from the impulse response)."""
+    widths = np.linspace(0.0, 2.5, 51)
+    ratios, gains = [], []
+    for w in widths:
+        delta = np.zeros((41, 41))
+        delta[20, 20] = 1.0
+        k = _blur_unit(delta, float(w))
+        ratios.append(np.sum(_laplacian(k, 1) ** 2) / np.sum(_laplacian(k, 2) ** 2))
+        gains.append(np.sum(_laplacian(k, 2) ** 2))
+    return widths, np.array(ratios), np.array(gains)
+
+
+def _blur_unit(noise: np.ndarray, width: float) -> np.ndarray:
+    """``noise`` blurred by a Gaussian of ``width`` and rescaled to keep white noise's
+    variance (the kernel's squared sum is 1)."""
+    if width < 0.05:
+        return noise
+    delta = np.zeros((int(8 * width) + 1,) * 2)
+    delta[delta.shape[0] // 2, delta.shape[1] // 2] = 1.0
+    norm = float(np.sqrt(np.sum(ndimage.gaussian_filter(delta, width) ** 2)))
+    return ndimage.gaussian_filter(noise, width, mode="reflect") / norm
+
+
+def correlation_width(estimate: NoiseEstimate) -> tuple[float, float]:
+    """Width of the Gaussian blur that makes white noise as correlated as the measured
+    noise (0 for white noise), and the factor from the measured variance to the noise's
+    own (correlated noise is measured at lag 2, which sees part of it)."""
+    if not estimate.correlated:
+        return 0.0, 1.0
+    widths, ratios, gains = _ratio_table()
+    order = np.argsort(ratios)
+    width = float(np.interp(estimate.fine_ratio, ratios[order], widths[order]))
+    return width, float(1.0 / np.interp(width, widths, gains))
+
+
+def recorruption_score(net: FM2SNet, planes: np.ndarray, estimate: NoiseEstimate,
+                       views: int, selection: SelectionConfig,
+                       rng: np.random.Generator) -> float:
+    """Mean recorruption error of ``net`` on normalized ``planes`` (K, H, W)."""
+    width, scale = correlation_width(estimate)
+    denoiser = Denoiser(net, Normalization(0.0, 1.0), views=views).eval()
+    a = selection.alpha
+    total = 0.0
+    for plane in planes:
+        # the intensity at each pixel: the mean of its 8 neighbours, which holds none of
+        # the pixel's own noise and, the variance being linear in the intensity, gives the
+        # variance without bias where the image is flat (a 3 x 3 median is biased low on
+        # skewed photon noise: 6-30 % less variance on the FMD captures)
+        level = ndimage.convolve(plane.astype(np.float64), _NEIGHBOURS, mode="reflect")
+        sd = np.sqrt(np.maximum(estimate.gain * level + estimate.offset, MIN_VARIANCE) * scale)
+        for _ in range(selection.draws):
+            z = sd * _blur_unit(rng.standard_normal(plane.shape), width)
+            noisier = torch.from_numpy((plane + a * z).astype(np.float32))[None, None]
+            with torch.no_grad():
+                out = denoiser(noisier)[0, 0].numpy().astype(np.float64)
+            total += float(np.mean((out - (plane - z / a)) ** 2))
+    return total / (len(planes) * selection.draws)
+
+
+_NEIGHBOURS = np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 1.0]]) / 8
+
+
+def scored_planes(planes: np.ndarray, most: int) -> np.ndarray:
+    """At most ``most`` of the (K, H, W) planes, spread evenly."""
+    if len(planes) <= most:
+        return planes
+    return planes[np.linspace(0, len(planes) - 1, most).round().astype(int)]
+
+
+def select(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
+           train: Callable[[np.ndarray, TrainConfig], FM2SNet],
+           selection: SelectionConfig = SELECTION) -> Selection:
+    """Train every candidate's comparison run on ``planes`` and score it (see the module).
+
+    Parameters
+    ----------
+    planes
+        Normalized training planes, 2D or (K, H, W).
+    config
+        The ``auto`` config (recipe, schedule, seed).
+    estimate
+        The noise measured on ``planes``.
+    train
+        ``train(planes, config) -> FM2SNet`` (:func:`fm2s.training.train_network` with
+        the run's device bound).
+    selection
+        How candidates are compared.
+    """
+    stack = planes if planes.ndim == 3 else planes[None]
+    scored = scored_planes(stack, selection.max_planes)
+    results = []
+    for name, full in candidates(config, estimate, stack.shape[-2:], selection):
+        short = selection.screening(full)
+        net = train(planes, short)
+        results.append(Candidate(name, full, short, net,
+                                 score(net, scored, estimate, full, selection)))
+    chosen = min(range(len(results)), key=lambda i: results[i].score)
+    return Selection(tuple(results), chosen)
+
+
+def score(net: FM2SNet, scored: np.ndarray, estimate: NoiseEstimate, config: TrainConfig,
+          selection: SelectionConfig = SELECTION) -> float:
+    """:func:`recorruption_score` with the draws of ``config.seed`` (the same draws for
+    every candidate of a run)."""
+    rng = np.random.default_rng([config.seed, 7])
+    return recorruption_score(net, scored, estimate, config.views, selection, rng)

@@ -1,0 +1,176 @@
+"""``auto``'s comparison of noise syntheses on the image itself (fm2s.selection)."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+import fm2s
+from fm2s.calibrate import estimate_noise
+from fm2s.network import FM2SNet
+from fm2s.recipes import as_preset, config_for, make_config
+from fm2s.sample import synthetic_image
+from fm2s.selection import (
+    SelectionConfig,
+    _blur_unit,
+    candidates,
+    correlation_width,
+    recorruption_score,
+    score,
+    select,
+)
+from fm2s.training import train_network
+
+TINY = dict(samples=4, warmup_steps=1)
+
+
+def _blurred_noise(width: float, seed: int, shape=(256, 256)) -> np.ndarray:
+    return _blur_unit(np.random.default_rng(seed).standard_normal(shape), width)
+
+
+@pytest.mark.parametrize("width", [0.0, 0.8, 1.2])
+def test_correlation_width_and_variance_are_recovered_from_the_measurement(width):
+    """Gaussian-blurred white noise of known width and variance over a flat image: the
+    measured lag ratio gives the width back, and the corrected variance the true one."""
+    sd = 0.05
+    image = 0.3 + sd * _blurred_noise(width, seed=3)
+    assert abs(image.std() / sd - 1) < 0.05  # _blur_unit keeps the variance
+    estimate = estimate_noise(image)
+    got, scale = correlation_width(estimate)
+    if width == 0.0:
+        assert not estimate.correlated and got == 0.0 and scale == 1.0
+    else:
+        assert estimate.correlated and abs(got - width) < 0.15, got
+    variance = estimate.variance(0.3) * scale
+    assert abs(variance / sd**2 - 1) < 0.1, variance / sd**2
+
+
+def _smoothing_net(strength: float) -> FM2SNet:
+    """A hand-set network: amplification 1, output = (1 - s) x + s * (3 x 3 mean of x)."""
+    net = FM2SNet(1, 3, 1, 1)
+    with torch.no_grad():
+        for conv in (net.conv1, net.conv2, net.conv3):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        net.conv1.weight[0, 0] = strength / 9
+        net.conv1.weight[0, 0, 1, 1] += 1 - strength
+        net.conv2.weight[0, 0, 0, 0] = 1.0
+        net.conv3.weight[0, 0, 0, 0] = 1.0
+    return net.eval()
+
+
+def test_recorruption_score_ranks_denoisers_as_their_true_error():
+    """Smoothers of several strengths on a noisy image with known truth: the score orders
+    them as their error against the truth does (it is that error plus one constant)."""
+    rng = np.random.default_rng(0)
+    truth = 0.2 + 0.5 * ndimage.gaussian_filter(rng.random((192, 192)), 6)
+    truth = (truth - truth.min()) / np.ptp(truth) * 0.6 + 0.2
+    noisy = (truth + 0.08 * rng.standard_normal(truth.shape)).astype(np.float32)
+    estimate = estimate_noise(noisy)
+    selection = SelectionConfig(draws=4)
+    strengths = [0.0, 0.3, 0.6, 1.0]
+    true, scores = [], []
+    for s in strengths:
+        net = _smoothing_net(s)
+        with torch.no_grad():
+            out = net(torch.from_numpy(noisy)[None, None])[0, 0].clamp(0, 1).numpy()
+        true.append(float(np.mean((out - truth) ** 2)))
+        scores.append(recorruption_score(net, noisy[None], estimate, 1, selection,
+                                         np.random.default_rng(1)))
+    assert np.argsort(scores).tolist() == np.argsort(true).tolist(), (scores, true)
+
+
+def test_recorruption_score_fails_to_rank_with_a_wrong_noise_model():
+    """The score needs the noise's own variance: told half of it, it prefers keeping
+    noise (the identity over a 3 x 3 mean), the reverse of the truth."""
+    rng = np.random.default_rng(2)
+    truth = np.full((128, 128), 0.4)
+    noisy = (truth + 0.1 * rng.standard_normal(truth.shape)).astype(np.float32)
+    estimate = estimate_noise(noisy)
+    halved = type(estimate)(estimate.gain / 4, estimate.offset / 4, estimate.fine_ratio,
+                            estimate.mean)
+    sel = SelectionConfig(draws=2)
+
+    def ranks(est):
+        return [recorruption_score(_smoothing_net(s), noisy[None], est, 1, sel,
+                                   np.random.default_rng(1)) for s in (0.0, 1.0)]
+
+    right, wrong = ranks(estimate), ranks(halved)
+    assert right[1] < right[0] and wrong[0] < wrong[1]
+
+
+def test_candidates_are_the_measured_synthesis_and_the_named_presets():
+    image, _ = synthetic_image((96, 96), np.random.default_rng(1))
+    config = config_for("fast", "auto", 3, planes=4)  # a stack: twice the samples
+    estimate = estimate_noise(image / 4000.0)
+    got = dict(candidates(config, estimate, (96, 96)))
+    assert list(got) == ["measured", "confocal", "twophoton", "widefield", "generic"]
+    assert got["measured"].microscope == "auto" and got["measured"].calibrated
+    for name in ("confocal", "twophoton", "widefield", "generic"):
+        assert got[name].noise == make_config("fast", name).noise
+        assert got[name].seed == 3
+    # the preset's own schedule change (widefield: 120 of 80 samples) keeps its proportion
+    assert got["widefield"].samples == config.samples * 120 // 80
+    assert got["confocal"].samples == config.samples
+    with pytest.raises(fm2s.ParameterError):
+        as_preset(config, "auto")
+
+
+def test_auto_keeps_the_better_scored_run_of_the_winner():
+    """auto's network is the winner's comparison run or its full run trained alone, bit
+    for bit, whichever scored lower (benchmarks/synthetic.py relies on it); the decision
+    names what was compared and what was kept."""
+    image, _ = synthetic_image((80, 96), np.random.default_rng(4))
+    model = fm2s.train(image, device="cpu", seed=2, **TINY)
+    selection = model.selection
+    winner = selection.winner
+    normalized = model.normalization.forward(image)
+    full = train_network(normalized, winner.config, "cpu")
+    kept = full if selection.kept_full else winner.net
+    assert model.config == (winner.config if selection.kept_full else winner.screened)
+    for a, b in zip(model.net.parameters(), kept.parameters()):
+        assert torch.equal(a, b)
+    assert selection.full_score == score(full, normalized[None], model.estimate, winner.config)
+    record = model.noise_record()
+    assert record["chosen_name"] == winner.name
+    assert set(record["compared"]) == {c.name for c in selection.candidates}
+    assert f"chose {winner.name}" in record["decision"]
+    assert min(record["compared"].values()) == record["compared"][winner.name]
+    assert ("kept the full run" if selection.kept_full else "kept the comparison run") \
+        in record["decision"]
+
+
+def test_selection_is_reproducible_and_follows_the_seed():
+    image, _ = synthetic_image((80, 80), np.random.default_rng(6))
+    config = make_config("fast", "auto", seed=1, **TINY)
+    normalized = (image / float(image.max())).astype(np.float32)
+    estimate = estimate_noise(normalized)
+
+    def train(p, c):
+        return train_network(p, c, "cpu")
+
+    a = select(normalized, config, estimate, train)
+    b = select(normalized, config, estimate, train)
+    assert [c.score for c in a.candidates] == [c.score for c in b.candidates]
+    assert a.chosen == b.chosen
+
+
+def test_a_named_preset_is_trained_without_comparison():
+    image, _ = synthetic_image((64, 64), np.random.default_rng(2))
+    model = fm2s.train(image, microscope="confocal", device="cpu", **TINY)
+    assert model.selection is None and model.noise_record() is None
+
+
+def test_screening_trains_every_step_on_smaller_crops():
+    config = make_config("fast", "confocal")
+    short = SelectionConfig().screening(config)
+    assert short.crop == config.crop // 2 and short.total_steps == config.total_steps
+    whole = make_config("v2", "confocal")  # whole-image recipes: a quarter of the samples
+    assert SelectionConfig().screening(whole).samples == -(-whole.samples // 4)
+
+
+def test_selection_config_is_validated():
+    with pytest.raises(ValueError):
+        SelectionConfig(screen_crop=0)
+    with pytest.raises(ValueError):
+        SelectionConfig(alpha=-1)
