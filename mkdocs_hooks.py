@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
-
 ROOT = Path(__file__).resolve().parent
 #: repository files published on the site unchanged: source -> page path
 COPIED = {"benchmarks/RESULTS.md": "benchmark-results.md",
@@ -24,24 +22,31 @@ def _escape(text: str) -> str:
     return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _usage(command: click.Command, path: str, ctx: click.Context) -> str:
-    pieces = [p.human_readable_name.upper() if isinstance(p, click.Argument) else None
-              for p in command.get_params(ctx)]
-    arguments = [p for p in pieces if p]
+def _is_argument(param) -> bool:
+    # typer runs on click or on its own copy of it: no isinstance against click's classes
+    return param.param_type_name == "argument"
+
+
+def _usage(command, path: str, ctx) -> str:
+    arguments = [p.name.upper() if p.required else f"[{p.name.upper()}]"
+                 for p in command.get_params(ctx) if _is_argument(p)]
     return " ".join([path, "[OPTIONS]", *arguments])
 
 
-def _params_table(command: click.Command, ctx: click.Context) -> list[str]:
-    rows = ["| argument or option | description |", "|---|---|"]
+def _params_table(command, ctx) -> list[str]:
+    rows = ["| argument or option | type | description |", "|---|---|---|"]
     for param in command.get_params(ctx):
         record = param.get_help_record(ctx)
         if record is None:
             continue
-        names, help_text = record
-        if isinstance(param, click.Argument):
-            names = param.human_readable_name.upper() + " " + names.split(" ", 1)[1] \
-                if " " in names else param.human_readable_name.upper()
-        rows.append(f"| `{names}` | {_escape(help_text)} |")
+        shown, help_text = record
+        if _is_argument(param):
+            names, kind = param.name.upper(), shown.split(" ", 1)[-1]
+        else:
+            names = ", ".join([*param.opts, *param.secondary_opts])
+            kind = shown[len(names):].strip() if shown.startswith(names) else ""
+        kind = f"`{kind}`" if kind else ""
+        rows.append(f"| `{names}` | {kind} | {_escape(help_text)} |")
     return rows
 
 
@@ -52,7 +57,7 @@ def cli_reference() -> str:
     from fm2s.cli import app
 
     group = typer.main.get_command(app)
-    root = click.Context(group, info_name="fm2s-tile")
+    root = group.context_class(group, info_name="fm2s-tile")
     lines = ["# Command-line reference", "",
              "Generated from the command-line program itself when the site is built "
              "(`fm2s-tile --help` and `fm2s-tile COMMAND --help` print the same).", "",
@@ -61,10 +66,11 @@ def cli_reference() -> str:
              "| command | what it does |", "|---|---|"]
     names = group.list_commands(root)
     for name in names:
-        lines.append(f"| [`{name}`](#{name}) | {_escape(group.commands[name].get_short_help_str(200))} |")
+        summary = _escape(group.commands[name].get_short_help_str(200))
+        lines.append(f"| [`{name}`](#{name}) | {summary} |")
     for name in names:
         command = group.commands[name]
-        ctx = click.Context(command, info_name=name, parent=root)
+        ctx = command.context_class(command, info_name=name, parent=root)
         lines += ["", f"## {name}", "", f"`{_usage(command, 'fm2s-tile ' + name, ctx)}`", "",
                   (command.help or "").strip(), "", *_params_table(command, ctx)]
     return "\n".join(lines) + "\n"
