@@ -75,6 +75,17 @@ def test_bioformats2raw_layout_reads_series_0(tmp_path, stack_uint16):
     assert vol.axes == "czyx" and "bioformats2raw" in vol.notes[0]
 
 
+def test_bioformats2raw_layout_without_series_0_keeps_the_cause(tmp_path):
+    root = zarr.open_group(tmp_path / "b2r.zarr", mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    with pytest.raises(FM2SError, match="series 0 of a bioformats2raw layout") as info:
+        open_image(tmp_path / "b2r.zarr")
+    message = str(info.value)
+    assert "\n" not in message and "pass the path of one image" in message
+    cause = info.value.__cause__
+    assert cause is not None and type(cause).__name__ in message
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda p: None, "does not exist"),
     (lambda p: zarr.open_group(p, mode="w"), "without an OME-Zarr image"),
