@@ -110,6 +110,21 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ._version import __version__
+
+        typer.echo(f"fm2s-tile {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version of fm2s-tile and exit.")] = False) -> None:
+    pass
+
+
 Recipe = StrEnum("Recipe", {name: name for name in RECIPES})
 Microscope = StrEnum("Microscope", {name: name for name in MICROSCOPES})
 Device = StrEnum("Device", {name: name for name in ("auto", "cpu", "cuda")})

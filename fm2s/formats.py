@@ -15,10 +15,6 @@ class NgffFormat:
     version: str
     zarr_format: int
 
-    def image_attrs(self, group_attrs: dict) -> dict:
-        """The image metadata (``multiscales``, ``omero``) of a group's attributes."""
-        return group_attrs.get("ome", {}) if self.zarr_format == 3 else group_attrs
-
     def group_attrs(self, multiscale: dict, omero: dict | None,
                     source: str | None = None) -> dict:
         """Group attributes holding one multiscale (and channel metadata), validated

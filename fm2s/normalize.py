@@ -95,8 +95,10 @@ def subsample_step(shape: tuple[int, ...]) -> int:
 
 
 def percentiles(sample: np.ndarray) -> np.ndarray:
-    """The :data:`PERCENTILES` of ``sample`` (any shape, all values pooled)."""
-    return np.percentile(np.asarray(sample, np.float64), PERCENTILES)
+    """The :data:`PERCENTILES` of ``sample`` (any shape, all values pooled); NaN where
+    they fall between infinities (no warning: the caller refuses non-finite statistics)."""
+    with np.errstate(invalid="ignore"):
+        return np.percentile(np.asarray(sample, np.float64), PERCENTILES)
 
 
 def stack_stats(planes: np.ndarray) -> np.ndarray:

@@ -274,9 +274,10 @@ def _open_zarr(source: str, axes: str | None, ngff: NgffFormat | None) -> Image:
         source = source.rstrip("/") + "/0"
         try:
             node = zarr.open_group(store=source, mode="r")
-        except Exception:
+        except Exception as exc:
+            cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             raise FM2SError(f"'{source}' (series 0 of a bioformats2raw layout) cannot be "
-                            "opened: pass the path of one image") from None
+                            f"opened ({cause}): pass the path of one image") from exc
         attrs = node.attrs.asdict()
     meta = attrs.get("ome", attrs)
     version = str(meta.get("version", "")) if "ome" in attrs else None

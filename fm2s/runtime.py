@@ -210,15 +210,13 @@ def receptive_field(model: bytes) -> int | None:
     need): the largest sum of convolution reaches along a path from input to output.
 
     None when the graph holds an operation other than convolutions (stride 1), channel
-    concatenations and means, and pointwise operations: then it is not known.
+    concatenations and means, and pointwise operations: then it is not known. A model the
+    onnx package cannot read raises its error.
     """
-    try:
-        import onnx
-        from onnx import helper
+    import onnx
+    from onnx import helper
 
-        graph = onnx.load_from_string(model).graph
-    except Exception:  # pragma: no cover - no onnx package, or a model only onnxruntime reads
-        return None
+    graph = onnx.load_from_string(model).graph
     weights = {t.name: list(t.dims) for t in graph.initializer}
     # reach of every value computed from the image (constants and initializers: none)
     reach = {i.name: 0 for i in graph.input if i.name not in weights}
@@ -326,7 +324,12 @@ class OnnxDenoiser:
                             f"'{self.clamp_input}' that the model does not have: "
                             f"{_SAVE_AGAIN}")
         if verify:
-            reach = receptive_field(data)
+            try:
+                reach = receptive_field(data)
+            except Exception as exc:  # onnx's own exception types (protobuf's DecodeError)
+                raise FM2SError(f"{name} loads in onnxruntime, but its halo cannot be checked: "
+                                f"the onnx package cannot read it ({_first_line(exc)}); "
+                                f"{_SAVE_AGAIN}") from exc
             if reach is not None and reach != self.halo:
                 raise FM2SError(f"{name} has fm2s metadata halo={self.halo} but its network "
                                 f"sees {reach} pixel(s) away: tiles would not match whole "

@@ -23,6 +23,14 @@ def test_help_lists_the_commands():
     assert "confocal" in res.output and "--seed" in res.output
 
 
+def test_version_prints_the_package_version():
+    from fm2s import __version__
+
+    res = _invoke("--version")
+    assert res.exit_code == 0
+    assert res.output == f"fm2s-tile {__version__}\n"
+
+
 @pytest.fixture
 def small_png(tmp_path, noisy_and_truth):
     noisy, _ = noisy_and_truth

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from fm2s.cli import app
 from fm2s.cluster import Runner
+from fm2s.errors import ParameterError
 
 runner = CliRunner()
 
@@ -197,7 +198,16 @@ def test_well_formed_scheduler_addresses_pass_the_check():
 
     for address in ("tcp://10.0.0.5:8786", "10.0.0.5:8786", "node-3:8786", "tls://h.org:1",
                     "tcp://[::1]:8786", "ws://host:80", "TCP://Host:65535"):
-        check_cluster_options(address, None)
+        assert check_cluster_options(address, None) is None
+        # the same address one mistake away is refused, naming the mistake
+        host, _, port = address.rpartition(":")
+        for wrong, problem in ((f"{host}:0", "port"), (f"{host}:{port}x", "port"),
+                               (f"udp://{address.partition('://')[2] or address}",
+                                "unknown protocol 'udp'")):
+            with pytest.raises(ParameterError, match=problem):
+                check_cluster_options(wrong, None)
+        with pytest.raises(ParameterError, match="excludes workers"):
+            check_cluster_options(address, 2)
 
 
 def test_tls_scheduler_without_tls_settings_is_one_line(tmp_path, volume, quick_model):

@@ -1,6 +1,8 @@
 """Volumes end to end: OME-Zarr / TIFF / http in, OME-Zarr out, through the command line."""
 
 import json
+import shlex
+import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -115,25 +117,30 @@ def test_tile_size_does_not_change_a_byte(tmp_path, stack_uint16, quick_model):
     assert outs[0] == outs[1] and len(outs[0]) > 2 * 2 * 3
 
 
-def test_cli_train_and_apply_default_recipe(tmp_path, stack_uint16):
+def test_cli_train_and_apply_default_recipe(tmp_path, stack_uint16, monkeypatch):
     """The whole command with the default recipe, on a one-channel z-stack."""
     src = write_ngff(tmp_path / "z.ome.zarr", stack_uint16[0, 0], "zyx", "0.5", levels=2)
-    res = _invoke("train-and-apply", src, "--device", "cpu", "--save-model",
-                  tmp_path / "z.onnx", "--seed", 2)
+    args = ["train-and-apply", str(src), "--device", "cpu", "--save-model",
+            str(tmp_path / "z model.onnx"), "--seed", "2"]
+    # the command line as the shell hands it to the program (CliRunner leaves pytest's)
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/fm2s-tile", *args])
+    res = _invoke(*args)
     assert res.exit_code == 0, res.output
     assert "model fast/auto trained on 3 plane(s), 1445 steps" in res.output  # 2 x 2D
     # the noise measured on the training planes and the choice made, printed and recorded
     assert "auto: white noise" in res.output
-    assert (tmp_path / "z.onnx").exists()
+    assert (tmp_path / "z model.onnx").exists()
     out = tmp_path / "z.fm2s.ome.zarr"
     _validate(out, "0.5")
     _, attrs = _attrs(out)
-    assert attrs["fm2s"]["command"].startswith("fm2s-tile")
+    # the recorded command is the one run, quoted so that it can be pasted into a shell
+    assert attrs["fm2s"]["command"] == shlex.join(["fm2s-tile", *args])
+    assert shlex.split(attrs["fm2s"]["command"])[1:] == args
     channel = attrs["fm2s"]["channels"][0]
     assert channel["seed"] == 2
     assert channel["noise"]["decision"] in res.output
     assert channel["noise"]["measured"]["gain"] > 0 and not channel["noise"]["correlated"]
-    saved = OnnxDenoiser(tmp_path / "z.onnx", provider="cpu")
+    saved = OnnxDenoiser(tmp_path / "z model.onnx", provider="cpu")
     assert json.loads(saved.metadata["noise"]) == channel["noise"]
 
 

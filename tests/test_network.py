@@ -3,9 +3,20 @@ import torch
 from fm2s.network import FM2SNet
 
 
-def test_shape_is_kept_for_odd_sizes():
-    net = FM2SNet(2, 5, 3, 5)
-    assert net(torch.zeros(3, 2, 17, 23)).shape == (3, 2, 17, 23)
+def test_shape_and_alignment_are_kept_for_odd_sizes():
+    """Odd sizes come out in the same shape and unshifted: away from its edges (the halo),
+    a crop's output is the whole image's output at the same pixels."""
+    torch.manual_seed(0)
+    net = FM2SNet(2, 5, 3, 5).eval()
+    x = torch.rand(3, 2, 31, 37)
+    with torch.no_grad():
+        whole = net(x)
+        part = net(x[..., 4:27, 5:34])  # 23 x 29
+    assert whole.shape == x.shape and part.shape == (3, 2, 23, 29)
+    h = net.halo
+    torch.testing.assert_close(part[..., h:-h, h:-h], whole[..., 4 + h:27 - h, 5 + h:34 - h],
+                               rtol=0, atol=1e-6)
+    assert not torch.allclose(part[..., :h, :], whole[..., 4:4 + h, 5:34], atol=1e-6)
 
 
 def test_halo_is_the_receptive_field():

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from fm2s.noise import add_noise, median_target, region_means
 from fm2s.recipes import make_config
@@ -51,10 +52,29 @@ def test_noise_level_follows_the_gains():
     assert stds[1] > 2 * stds[0]
 
 
-def test_median_target_removes_salt_noise():
-    img = np.zeros((20, 20), np.float32)
-    img[10, 10] = 1.0
-    assert median_target(img, 3).max() == 0
+@pytest.mark.parametrize("size", [3, 5])
+def test_median_target_removes_salt_noise_and_keeps_a_ramp(size):
+    """A ramp with isolated salt pixels: no salt survives, the ramp is kept inside where a
+    window holds no salt (a median keeps a linear ramp), and everywhere, edges included, the
+    target is the median of the pixel's window with the image mirrored at its edges
+    (computed here with numpy)."""
+    y, x = np.mgrid[0:20, 0:27].astype(np.float32)
+    ramp = (0.01 * y + 0.02 * x).astype(np.float32)
+    img = ramp.copy()
+    salt = np.zeros(img.shape, bool)
+    salt[4::7, 5::8] = True
+    img[salt] = 5.0
+    target = median_target(img, size)
+    r = size // 2
+    assert target.dtype == np.float32 and target.shape == img.shape
+    assert target.max() <= ramp.max()
+    clean = ~ndimage.binary_dilation(salt, np.ones((size, size), bool))
+    clean[:r], clean[-r:], clean[:, :r], clean[:, -r:] = False, False, False, False
+    assert clean.sum() > 100
+    np.testing.assert_allclose(target[clean], ramp[clean], atol=1e-6)
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(img, r, mode="symmetric"),
+                                                       (size, size))
+    np.testing.assert_array_equal(target, np.median(windows, axis=(-2, -1)))
 
 
 def test_median_target_can_keep_part_of_the_detail():

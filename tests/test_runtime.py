@@ -176,3 +176,18 @@ def test_receptive_field_of_saved_models(quick_model):
     data = quick_model.read_bytes()
     assert receptive_field(data) == OnnxDenoiser(data, provider="cpu").halo == 5
     assert receptive_field(half_precision(data)) == 5  # casts move no pixel
+
+
+def test_a_halo_that_cannot_be_checked_is_an_error_not_a_skip(quick_model, monkeypatch):
+    """A model onnxruntime loads but the onnx package cannot read is refused, naming why,
+    instead of being applied with an unchecked halo."""
+
+    def unreadable(data):
+        raise ValueError("not readable here")
+
+    monkeypatch.setattr(onnx, "load_from_string", unreadable)
+    data = quick_model.read_bytes()
+    with pytest.raises(FM2SError, match="halo cannot be checked.*not readable here") as info:
+        OnnxDenoiser(data, provider="cpu")
+    assert "\n" not in str(info.value) and info.value.__cause__ is not None
+    assert OnnxDenoiser(data, provider="cpu", verify=False).halo == 5

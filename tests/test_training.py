@@ -44,9 +44,17 @@ def test_same_seed_same_weights_and_global_rng_untouched(noisy_and_truth):
 
 
 def test_crop_training_on_images_smaller_than_a_crop(rng):
+    """An image smaller than a crop trains on the whole of it: the same weights as the
+    whole-image schedule (crop=0), where a crop that fits cuts it (other weights)."""
     img = rng.integers(0, 255, (20, 30)).astype(np.uint8)
-    net = _run(img, samples=2, steps_per_sample=1, crop=64)
-    assert _denoise(net, img).shape == img.shape
+    net = _run(img, samples=2, steps_per_sample=1, crop=64, seed=5)
+    whole = _run(img, samples=2, steps_per_sample=1, crop=0, seed=5)
+    cut = _run(img, samples=2, steps_per_sample=1, crop=16, seed=5)
+    for a, b in zip(net.parameters(), whole.parameters()):
+        assert torch.equal(a, b)
+    assert not all(torch.equal(a, c) for a, c in zip(net.parameters(), cut.parameters()))
+    out = _denoise(net, img)
+    assert out.shape == img.shape and np.all(np.isfinite(out))
 
 
 def test_progress_is_reported(noisy_and_truth):

@@ -10,7 +10,7 @@ from conftest import write_ngff
 
 from fm2s.errors import FM2SError
 from fm2s.readers import check_axes, open_image
-from fm2s.runs import read_state, unfinished
+from fm2s.runs import read_state, refuse_unfinished, unfinished
 from fm2s.tiling import chunk_indices
 from fm2s.writers import OutputImage, default_output, downsample, write_chunks
 
@@ -75,6 +75,17 @@ def test_bioformats2raw_layout_reads_series_0(tmp_path, stack_uint16):
     assert vol.axes == "czyx" and "bioformats2raw" in vol.notes[0]
 
 
+def test_bioformats2raw_layout_without_series_0_keeps_the_cause(tmp_path):
+    root = zarr.open_group(tmp_path / "b2r.zarr", mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    with pytest.raises(FM2SError, match="series 0 of a bioformats2raw layout") as info:
+        open_image(tmp_path / "b2r.zarr")
+    message = str(info.value)
+    assert "\n" not in message and "pass the path of one image" in message
+    cause = info.value.__cause__
+    assert cause is not None and type(cause).__name__ in message
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda p: None, "does not exist"),
     (lambda p: zarr.open_group(p, mode="w"), "without an OME-Zarr image"),
@@ -106,8 +117,13 @@ def test_downsample_matches_any_level_shape(shape, target):
     data = np.random.default_rng(0).integers(0, 60000, shape).astype(np.uint16)
     small = downsample(da.from_array(data, chunks=(1, 32, 32)), target, np.uint16).compute()
     assert small.shape == target and small.dtype == np.uint16
+    # every pixel: the mean of its block (factor from the shapes, rounded); a block past the
+    # last row or column repeats the edge, rows and columns past the last block are dropped
     f = [round(a / b) for a, b in zip(shape, target)]
-    assert small[0, 0, 0] == np.rint(data[:f[0], :f[1], :f[2]].mean())
+    index = [np.minimum(np.arange(n * k), size - 1) for n, k, size in zip(target, f, shape)]
+    blocks = data[np.ix_(*index)].astype(np.float64).reshape(
+        target[0], f[0], target[1], f[1], target[2], f[2])
+    np.testing.assert_array_equal(small, np.rint(blocks.mean(axis=(1, 3, 5))))
 
 
 def test_output_chunks_hold_one_plane():
@@ -138,8 +154,15 @@ def test_missing_chunks_stop_the_commit(tmp_path, stack_uint16):
     out.arrays[1][:] = 0  # written, not marked
     with pytest.raises(FM2SError, match="level s0: 6 of 12 chunks missing; level s1: 12 of"):
         out.commit({})
+    # still unfinished: no image metadata published, what was written kept for a resume
     assert unfinished(tmp_path / "out.ome.zarr") is not None
-    assert not (tmp_path / "out.ome.zarr" / "s0" / "zarr.json").read_text() == ""
+    attrs = zarr.open_group(tmp_path / "out.ome.zarr", mode="r").attrs.asdict()
+    assert "ome" not in attrs and "multiscales" not in attrs
+    assert read_state(tmp_path / "out.ome.zarr")["state"] == "running"
+    kept = zarr.open_array(tmp_path / "out.ome.zarr" / "s0", mode="r")
+    np.testing.assert_array_equal(kept[first], stack_uint16[:1])
+    with pytest.raises(FM2SError, match="unfinished"):  # refused as an input
+        refuse_unfinished(str(tmp_path / "out.ome.zarr"))
     out.arrays[0][:] = 0  # zeros are written too (no chunk is skipped as "empty")
     for level, array in enumerate(out.arrays):
         _mark_written(out, level, tuple(slice(0, n) for n in array.shape))
