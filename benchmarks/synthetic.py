@@ -37,7 +37,6 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,7 @@ from fm2s.normalize import fit_normalization, stack_stats
 from fm2s.recipes import config_for
 from fm2s.runtime import OnnxDenoiser
 from fm2s.sample import synthetic_stack
-from fm2s.selection import SELECTION, score, select
+from fm2s.selection import SELECTION, select
 from fm2s.training import train_network
 
 SIZE = 256
@@ -115,8 +114,8 @@ def grey(image: np.ndarray, depth: int) -> np.ndarray:
 def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int) -> dict:
     """Every candidate's PSNR (full schedule), auto's choice, its PSNR and its seconds.
 
-    auto's steps as :func:`fm2s.model.select_and_train` takes them: the comparison, the
-    winner's full run (trained here for every candidate), the better-scored run kept.
+    auto's steps as :func:`fm2s.model.select_and_train` takes them: the comparison, then
+    the winner's full run (trained here for every candidate).
     """
     config = config_for("fast", "auto", seed, 1)
     normalization = fit_normalization(noisy, config.normalization)
@@ -135,14 +134,9 @@ def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int) -> dic
         out = apply(OnnxDenoiser(model.to_bytes(), provider="cpu"), noisy, "cpu")
         return psnr(grey(out, depth), clean)
 
-    for i, cand in enumerate(selection.candidates):
-        net = train_network(normalized, cand.config, "cpu")
-        row[cand.name] = quality(net, cand.config)
-        if i == selection.chosen:
-            full = replace(selection, full_score=score(net, normalized[None], estimate,
-                                                       cand.config))
-            row["kept"] = "full" if full.kept_full else "comparison"
-            row["auto"] = row[cand.name] if full.kept_full else quality(cand.net, cand.screened)
+    for cand in selection.candidates:
+        row[cand.name] = quality(train_network(normalized, cand.config, "cpu"), cand.config)
+    row["auto"] = row[selection.winner.name]
     return row
 
 
@@ -170,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         depths = tuple(int(d) for d in args.depths.split(","))
     columns = ["measured", *PRESETS, "auto"]
     print(f"{'case':42s} {'noisy':>6s} " + " ".join(f"{c[:9]:>9s}" for c in columns)
-          + "  chosen     kept        oracle", flush=True)
+          + "  chosen     oracle", flush=True)
     rows = []
     for name, p, r, corr, depth in itertools.product(names, photons, READ, CORRELATED, depths):
         case_rng = np.random.default_rng([args.seed, names.index(name), PHOTONS.index(p),
@@ -181,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         row.update(case=label, oracle=max(row[c] for c in PRESETS))
         rows.append(row)
         print(f"{label:42s} {row['noisy']:6.2f} " + " ".join(f"{row[c]:9.2f}" for c in columns)
-              + f"  {row['chosen']:10s} {row['kept']:10s} {row['oracle']:6.2f}", flush=True)
+              + f"  {row['chosen']:10s} {row['oracle']:6.2f}", flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
     means = {c: statistics.mean(r[c] for r in rows) for c in ["noisy", *columns, "oracle"]}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from .pixels import check_pixel_type, check_plane_shape
 from .recipes import CalibratedNoise, TrainConfig
 from .runs import write_atomic
 from .runtime import OnnxDenoiser
-from .selection import SELECTION, Selection, candidates, score, scored_planes, select
+from .selection import SELECTION, Selection, candidates, select
 from .training import resolve_device, train_network
 
 
@@ -159,19 +159,18 @@ def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
         net = train_network(normalized, config, torch_device, progress)
     else:  # auto: the noise synthesis is chosen on these planes (fm2s.selection)
         estimate = estimate_noise(normalized)
-        selection, net, config = select_and_train(normalized, config, estimate, torch_device,
-                                                  progress)
+        selection, net = select_and_train(normalized, config, estimate, torch_device, progress)
+        config = selection.winner.config
     return TrainedModel(net, normalization, config, (float(stats[2]), float(stats[3])),
                         time.perf_counter() - start, str(torch_device), estimate, selection)
 
 
 def select_and_train(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
                      device, progress: Callable[[int, int], None] | None = None
-                     ) -> tuple[Selection, FM2SNet, TrainConfig]:
+                     ) -> tuple[Selection, FM2SNet]:
     """``auto``: compare the candidate syntheses on ``planes`` (:func:`fm2s.selection.select`),
-    train the winner's full schedule, score it the same way and keep whichever of its two
-    runs scored better. Returns the selection, the network kept and its config.
-    ``progress`` sees one run of the comparison's steps and the final training's."""
+    then train the winner's full schedule. ``progress`` sees one run of the comparison's
+    steps and the final training's."""
     stack = planes if planes.ndim == 3 else planes[None]
     compared = candidates(config, estimate, stack.shape[-2:])
     screens = [SELECTION.screening(c).total_steps for _, c in compared]
@@ -190,15 +189,10 @@ def select_and_train(planes: np.ndarray, config: TrainConfig, estimate: NoiseEst
         return net
 
     selection = select(planes, config, estimate, train)
-    winner = selection.winner
-    net = train_network(planes, winner.config, device, report)
-    full = score(net, scored_planes(stack, SELECTION.max_planes), estimate, winner.config)
-    selection = replace(selection, full_score=full)
+    net = train_network(planes, selection.winner.config, device, report)
     if progress is not None:
         progress(overall, overall)
-    if selection.kept_full:
-        return selection, net, winner.config
-    return selection, winner.net, winner.screened
+    return selection, net
 
 
 def noise_record(config: TrainConfig, estimate: NoiseEstimate | None,

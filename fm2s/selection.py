@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -83,34 +83,26 @@ SELECTION = SelectionConfig()
 
 @dataclass(frozen=True)
 class Candidate:
-    """One compared noise synthesis: its name, its full config, the config and network of
-    its comparison run, and that network's score (lower is better)."""
+    """One compared noise synthesis: its name, its full config, the config of its comparison
+    run, and that run's score (lower is better)."""
 
     name: str
     config: TrainConfig
     screened: TrainConfig
-    net: FM2SNet = field(repr=False, compare=False)
     score: float
 
 
 @dataclass(frozen=True)
 class Selection:
-    """What ``auto`` compared and chose: the candidates (comparison runs), the winner's
-    index, and the score of the winner trained on its full schedule (None until then)."""
+    """What ``auto`` compared and chose: the candidates (comparison runs) and the winner's
+    index. The winner's full schedule is what trains next."""
 
     candidates: tuple[Candidate, ...]
     chosen: int
-    full_score: float | None = None
 
     @property
     def winner(self) -> Candidate:
         return self.candidates[self.chosen]
-
-    @property
-    def kept_full(self) -> bool:
-        """Whether the full run of the winner scored at least as well as its comparison
-        run (then the full run is the model)."""
-        return self.full_score is not None and self.full_score <= self.winner.score
 
     def describe(self) -> str:
         """One line: the scores and why the winner won."""
@@ -118,14 +110,10 @@ class Selection:
         others = sorted(c.score for i, c in enumerate(self.candidates) if i != self.chosen)
         margin = (others[0] / best - 1) if others and best > 0 else 0.0
         scores = ", ".join(f"{c.name} {c.score / best:.3f}" for c in self.candidates)
-        text = (f"compared {len(self.candidates)} noise syntheses trained on this image "
+        return (f"compared {len(self.candidates)} noise syntheses trained on this image "
                 f"({self.winner.screened.crop or 'whole'}-pixel crops), scored by recorruption "
                 f"(the error on a noisier copy against an independent one; relative: {scores});"
                 f" chose {self.winner.name}, {margin:.1%} below the next")
-        if self.full_score is not None:
-            text += (f"; its full schedule scored {self.full_score / best:.3f}: kept the "
-                     f"{'full' if self.kept_full else 'comparison'} run")
-        return text
 
 
 def candidates(config: TrainConfig, estimate: NoiseEstimate,
@@ -234,7 +222,7 @@ def select(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
     for name, full in candidates(config, estimate, stack.shape[-2:], selection):
         short = selection.screening(full)
         net = train(planes, short)
-        results.append(Candidate(name, full, short, net,
+        results.append(Candidate(name, full, short,
                                  score(net, scored, estimate, full, selection)))
     chosen = min(range(len(results)), key=lambda i: results[i].score)
     return Selection(tuple(results), chosen)

@@ -27,7 +27,7 @@ INFERENCE = ["fm2s.runtime", "fm2s.runs", "fm2s.tiling", "fm2s.readers", "fm2s.w
 #: the training side by name; any other module that imports torch at module level counts as
 #: training side too
 TORCH_SIDE = ["fm2s.network", "fm2s.noise", "fm2s.cudagraph", "fm2s.training", "fm2s.export",
-              "fm2s.model"]
+              "fm2s.selection", "fm2s.model"]
 
 #: function-level imports of the training side that the inference modules may make:
 #: (module, function) -> what it imports

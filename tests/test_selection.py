@@ -16,7 +16,6 @@ from fm2s.selection import (
     candidates,
     correlation_width,
     recorruption_score,
-    score,
     select,
 )
 from fm2s.training import train_network
@@ -116,28 +115,21 @@ def test_candidates_are_the_measured_synthesis_and_the_named_presets():
         as_preset(config, "auto")
 
 
-def test_auto_keeps_the_better_scored_run_of_the_winner():
-    """auto's network is the winner's comparison run or its full run trained alone, bit
-    for bit, whichever scored lower (benchmarks/synthetic.py relies on it); the decision
-    names what was compared and what was kept."""
+def test_auto_trains_the_winner_as_it_would_train_alone():
+    """auto's network is the winner's full schedule trained alone, bit for bit
+    (benchmarks/synthetic.py relies on it); the decision names what was compared."""
     image, _ = synthetic_image((80, 96), np.random.default_rng(4))
     model = fm2s.train(image, device="cpu", seed=2, **TINY)
-    selection = model.selection
-    winner = selection.winner
-    normalized = model.normalization.forward(image)
-    full = train_network(normalized, winner.config, "cpu")
-    kept = full if selection.kept_full else winner.net
-    assert model.config == (winner.config if selection.kept_full else winner.screened)
-    for a, b in zip(model.net.parameters(), kept.parameters()):
+    winner = model.selection.winner
+    assert model.config == winner.config
+    alone = train_network(model.normalization.forward(image), winner.config, "cpu")
+    for a, b in zip(model.net.parameters(), alone.parameters()):
         assert torch.equal(a, b)
-    assert selection.full_score == score(full, normalized[None], model.estimate, winner.config)
     record = model.noise_record()
     assert record["chosen_name"] == winner.name
-    assert set(record["compared"]) == {c.name for c in selection.candidates}
+    assert set(record["compared"]) == {c.name for c in model.selection.candidates}
     assert f"chose {winner.name}" in record["decision"]
     assert min(record["compared"].values()) == record["compared"][winner.name]
-    assert ("kept the full run" if selection.kept_full else "kept the comparison run") \
-        in record["decision"]
 
 
 def test_selection_is_reproducible_and_follows_the_seed():
