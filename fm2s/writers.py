@@ -31,6 +31,22 @@ _PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
 TIFF_TILE = 512
 
 
+def fm2s_path(source: str, extensions: tuple[str, ...] = (".ome.zarr", ".zarr"),
+              other: str = ".fm2s.ome.zarr") -> Path:
+    """The output path beside ``source``: ``.fm2s`` before the first of ``extensions`` its
+    name ends in (``a.ome.zarr`` -> ``a.fm2s.ome.zarr``), else its name plus ``other``
+    (``extensions`` given: that extension replaced). A URL gives its name in the current
+    folder."""
+    source = source.rstrip("/")
+    name = Path(source).name
+    path = (Path(name) if is_url(source) else Path(source)).absolute()
+    for ext in extensions:
+        if name.lower().endswith(ext):
+            stem = name[: -len(ext)]
+            return path.with_name(stem + (".fm2s" + ext if ext.endswith(".zarr") else other))
+    return path.with_name(name + other)
+
+
 def default_output(image: Image) -> Path:
     """Output path next to the input, ``.fm2s`` before the extension.
 
@@ -38,19 +54,11 @@ def default_output(image: Image) -> Path:
     (``cells.png`` -> ``cells.fm2s.png``); a TIFF stack gives ``<stem>.fm2s.ome.zarr``;
     a URL gives its name in the current folder.
     """
-    source = image.source.rstrip("/")
-    name = Path(source).name
-    path = (Path(name) if is_url(source) else Path(source)).absolute()
-    lower = name.lower()
-    for ext in (".ome.zarr", ".zarr"):
-        if lower.endswith(ext):
-            return path.with_name(name[: -len(ext)] + ".fm2s" + ext)
     if image.plane_file is not None:
+        path = Path(image.source).absolute()
         return path.with_name(f"{path.stem}.fm2s{path.suffix}")
-    for ext in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if lower.endswith(ext):
-            return path.with_name(name[: -len(ext)] + ".fm2s.ome.zarr")
-    return path.with_name(name + ".fm2s.ome.zarr")
+    return fm2s_path(image.source, (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff",
+                                    ".tif"))
 
 
 def check_new_path(path: Path, overwrite: bool, what: str, folder: bool = False) -> Path:
@@ -71,12 +79,13 @@ def check_new_path(path: Path, overwrite: bool, what: str, folder: bool = False)
 
 
 def output_kind(path: Path, image: Image, dtype: np.dtype) -> PlaneFile | None:
-    """The format an output path asks for: None for OME-Zarr, else PNG or TIFF.
+    """The format an output path asks for: None for OME-Zarr (a ``.zarr`` name, or an
+    image inside a zarr group), else PNG or TIFF.
 
     A PNG or TIFF output holds one 2D plane of a type that format can hold.
     """
     name = path.name
-    if is_zarr_name(name):
+    if is_zarr_name(name) or _in_zarr(path):
         return None
     fmt = plane_file_of(name)
     if fmt is None:
@@ -89,6 +98,13 @@ def output_kind(path: Path, image: Image, dtype: np.dtype) -> PlaneFile | None:
         raise FM2SError(f"{fmt.name} cannot hold {np.dtype(dtype)} pixels: write a .tif or "
                         ".ome.zarr output instead")
     return fmt
+
+
+def _in_zarr(path: Path) -> bool:
+    """Whether ``path`` names a member of a zarr hierarchy (a field of a plate, a series of
+    a bioformats2raw layout): its folder is a zarr group."""
+    return "." not in path.name and any(
+        (path.parent / meta).is_file() for meta in ("zarr.json", ".zgroup"))
 
 
 def write_chunks(shape: tuple[int, ...], side: int = WRITE_CHUNK) -> tuple[int, ...]:

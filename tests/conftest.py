@@ -69,6 +69,31 @@ def write_ngff(path: Path, data: np.ndarray, axes: str, version: str, levels: in
     return path
 
 
+def write_plate(path: Path, version: str, rows: str = "AB", columns: str = "123",
+                fields: int = 2, shape: tuple[int, ...] = (1, 2, 64, 64), seed: int = 0) -> Path:
+    """An HCS plate written by ome-zarr-py (plate, well and image metadata; NGFF 0.4 or
+    0.5): every well holds ``fields`` czyx fields of ``shape``, synthetic uint16 noise."""
+    import zarr
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import write_plate_metadata, write_well_metadata
+
+    from fm2s.sample import synthetic_stack
+
+    fmt = FormatV04() if version == "0.4" else FormatV05()
+    rng = np.random.default_rng(seed)
+    root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    wells = [f"{r}/{c}" for r in rows for c in columns]
+    write_plate_metadata(root, list(rows), list(columns), wells, fmt=fmt, field_count=fields,
+                         name="test plate")
+    for well in wells:
+        group = root.require_group(well)
+        write_well_metadata(group, [{"path": str(f)} for f in range(fields)], fmt=fmt)
+        for f in range(fields):
+            noisy, _ = synthetic_stack((1, *shape), rng)
+            write_ngff(path / well / str(f), noisy[0], "czyx", version, levels=2)
+    return path
+
+
 @pytest.fixture(scope="session")
 def quick_model(tmp_path_factory) -> Path:
     """A model trained in about a second (a short schedule), saved as ONNX."""
