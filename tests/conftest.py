@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,24 @@ def rng() -> np.random.Generator:
 def noisy_and_truth(rng) -> tuple[np.ndarray, np.ndarray]:
     """A small uint16 synthetic camera image and its noise-free truth."""
     return synthetic_image((64, 80), rng)
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A local http server of the folder ``tmp_path/served``: (that folder, its URL)."""
+    root = tmp_path / "served"
+    root.mkdir()
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = partial(Quiet, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
 
 
 @pytest.fixture

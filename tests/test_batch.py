@@ -333,3 +333,20 @@ def test_bad_collection_input_is_one_line(tmp_path, quick_model):
     res = _invoke("train-and-apply", src / "cap_0.png", "--share-models", "-q")
     assert res.exit_code == 1 and "--share-models" in res.output
     assert not list(tmp_path.glob("caps.fm2s*"))
+
+
+def test_a_plate_over_http_is_listed_from_its_metadata(tmp_path, http_server, quick_model):
+    root, url = http_server  # a plain http server: no directory listing is used
+    write_plate(root / "plate.ome.zarr", "0.4", rows="A", columns="12")
+    res = _invoke("info", f"{url}/plate.ome.zarr")
+    assert res.exit_code == 0, res.output
+    assert [line.split()[0] for line in res.output.splitlines()[1:5]] == \
+        ["A/1/0", "A/1/1", "A/2/0", "A/2/1"]
+    out = tmp_path / "local.ome.zarr"
+    res = _invoke("apply", quick_model, f"{url}/plate.ome.zarr", "-o", out, "--images",
+                  "A/2/*", "-q")
+    assert res.exit_code == 0, res.output
+    _validate_plate(out, "0.4")
+    single = tmp_path / "single.ome.zarr"
+    apply(quick_model, root / "plate.ome.zarr/A/2/1", single)
+    assert _chunks(single) == _chunks(out / "A/2/1")
