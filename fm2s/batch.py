@@ -40,6 +40,9 @@ from .runs import (
     RUNNING,
     Interrupted,
     RunLock,
+    check_settings,
+    keep_model,
+    kept_model,
     read_state,
     remove,
     unfinished,
@@ -219,17 +222,7 @@ def _reopen_root(collection: Collection, root: Path, settings: dict) -> dict:
     if not collection.is_zarr:
         return {"settings": settings}
     run = read_state(root)["run"]
-    before = run.get("settings", {})
-    changed = [k for k in sorted(set(before) | set(settings))
-               if before.get(k) != settings.get(k)]
-    if changed:
-        words = ", ".join(f"{k} ({before.get(k)!r} then, {settings.get(k)!r} now)"
-                          for k in changed if k != "images") or ""
-        if "images" in changed:
-            words = ", ".join(filter(None, ["the images selected", words]))
-        raise FM2SError(f"output '{root}' was started with other input or settings ({words}): "
-                        "rerun with the same input and options to resume it, or pass "
-                        "--overwrite instead to start over")
+    check_settings(root, run.get("settings", {}), settings)
     return {**run, "resumed": int(run.get("resumed", 0)) + 1}
 
 
@@ -283,29 +276,24 @@ def _shared_models(opened: list[Image], folder: Path, recipe: str, microscope: s
     config = config_for(recipe, microscope, seed, len(pairs), **overrides)
     paths, records, trained = [], [], 0
     for c in range(first.channels):
-        onnx_file, record_file = folder / f"c{c}.onnx", folder / f"c{c}.json"
-        if onnx_file.is_file() and record_file.is_file():
-            record = json.loads(record_file.read_text())
-            if hashlib.sha256(onnx_file.read_bytes()).hexdigest() == record["model_sha256"]:
-                paths.append(onnx_file)
-                records.append(record)
-                continue
-        with dask.config.set(scheduler="threads"):
-            stack = np.stack([np.asarray(opened[i].channel_planes(c)[p].compute())
-                              for i, p in (pairs[j] for j in index)])
-        model = train_model(stack, config, device, progress.steps(
-            f"training channel {c} on {len(index)} planes of {len(opened)} images"))
-        trained += 1
-        data = model.to_bytes()
-        record = {"channel": c, "model_sha256": hashlib.sha256(data).hexdigest(),
-                  "recipe": config.recipe, "preset": config.microscope, "seed": seed,
-                  "training_planes": [[opened[pairs[j][0]].source, pairs[j][1]] for j in index],
-                  "steps": config.total_steps, "train_seconds": round(model.seconds, 3),
-                  "device": model.device}
-        write_atomic(onnx_file, data)
-        write_atomic(record_file, json.dumps(record).encode())
-        paths.append(onnx_file)
-        records.append(record)
+        kept = kept_model(folder, c)
+        if kept is None:
+            with dask.config.set(scheduler="threads"):
+                stack = np.stack([np.asarray(opened[i].channel_planes(c)[p].compute())
+                                  for i, p in (pairs[j] for j in index)])
+            model = train_model(stack, config, device, progress.steps(
+                f"training channel {c} on {len(index)} planes of {len(opened)} images"))
+            trained += 1
+            data = model.to_bytes()
+            kept = data, {"record": {
+                "channel": c, "model_sha256": hashlib.sha256(data).hexdigest(),
+                "recipe": config.recipe, "preset": config.microscope, "seed": seed,
+                "training_planes": [[opened[pairs[j][0]].source, pairs[j][1]] for j in index],
+                "steps": config.total_steps, "train_seconds": round(model.seconds, 3),
+                "device": model.device}}
+            keep_model(folder, c, *kept)
+        paths.append(folder / f"c{c}.onnx")
+        records.append(kept[1]["record"])
     return paths, records, trained
 
 

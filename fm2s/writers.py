@@ -6,10 +6,12 @@ TIFF is written to a hidden file that is renamed when complete."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
 import shutil
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +24,19 @@ from .formats import PNG, TIFF, NgffFormat, PlaneFile, is_zarr_name, plane_file_
 from .pixels import cast_like
 from .readers import Image, is_url
 from .recipes import WRITE_CHUNK
-from .runs import COMPLETE, RUN_DIR, RUNNING, Done, part_path, remove, work_path
+from .runs import (
+    COMPLETE,
+    RUN_DIR,
+    RUNNING,
+    Done,
+    check_settings,
+    leftovers,
+    os_message,
+    part_path,
+    remove,
+    unfinished,
+    work_path,
+)
 
 #: the temporary file of a chunk write by zarr's local store (``<key>.<uuid hex>.partial``)
 _PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
@@ -158,6 +172,49 @@ class OutputImage:
         self.group = None
         self.arrays: list = []
         self.resumable = True
+
+    def start(self, settings: dict, command: str | None, overwrite: bool,
+              resume: bool) -> dict:
+        """Under the output's lock: reopen an unfinished output (``resume``, the same
+        ``settings``) or clear the path (``overwrite``) and create a new one. Returns the
+        run's record."""
+        output, plane_file = self.path, self.plane_file is not None
+        existing = unfinished(output, plane_file)
+        if existing is not None and resume:
+            check_settings(output, existing.get("settings", {}), settings)
+            self.reopen()
+            return {**existing, "resumed": int(existing.get("resumed", 0)) + 1}
+        if (output.exists() or work_path(output, plane_file).exists()) and not overwrite:
+            raise FM2SError(f"output '{output}' appeared while this run prepared: it was left "
+                            "as it is; pass --overwrite to replace it")
+        for path in {output, work_path(output, plane_file), *leftovers(output)}:
+            remove(path)
+        record = {"command": command, "settings": settings,
+                  "started": datetime.now(UTC).isoformat(timespec="seconds")}
+        try:
+            self.create(record)
+        except OSError as exc:  # nothing was kept
+            raise FM2SError(os_message(exc, output, kept=False)) from None
+        return record
+
+    def kept_package(self, channel: int, sha256: str) -> bytes:
+        """The bioimage.io package of ``channel``'s model, built right after training (it
+        needs the torch model and the training planes) and kept beside the model for a
+        resumed run."""
+        from .package import read_package
+
+        path = self.models / f"c{channel}.zip"
+        if not path.is_file() or hashlib.sha256(read_package(path)[0]).hexdigest() != sha256:
+            raise FM2SError(f"the interrupted run kept the model of channel {channel} but no "
+                            "bioimage.io package of it (it was started without --save-model "
+                            "NAME.zip): save the ONNX model instead (--save-model NAME.onnx), or "
+                            "pass --overwrite to train again")
+        return path.read_bytes()
+
+    @property
+    def models(self) -> Path:
+        """The folder of the models a run keeps for its resumption (in the run folder)."""
+        return self.run_dir / "models"
 
     @property
     def _levels(self) -> list:

@@ -159,8 +159,8 @@ KILL_SCRIPT = textwrap.dedent("""
 def test_a_killed_plate_resumes_without_recomputing_complete_fields(plate, plate_output,
                                                                     tmp_path, n):
     (src, version), (reference, _) = plate, plate_output
-    if version == "0.4" and n == 7:
-        pytest.skip("one version is enough for the longer kill")
+    if version == "0.4":
+        pytest.skip("resuming does not depend on the NGFF version: 0.5 is killed")
     out = tmp_path / "killed.ome.zarr"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(src), str(out), str(n)],
