@@ -332,7 +332,10 @@ def test_bad_collection_input_is_one_line(tmp_path, quick_model):
     assert res.exit_code == 1 and "--preview" in res.output and res.output.count("\n") == 1
     res = _invoke("train-and-apply", src / "cap_0.png", "--share-models", "-q")
     assert res.exit_code == 1 and "--share-models" in res.output
-    assert not list(tmp_path.glob("caps.fm2s*"))
+    res = _invoke("apply", quick_model, src, "--tile", 3, "-q")  # refused at the first image
+    assert res.exit_code == 1 and res.output.startswith("error: --tile 3: too small")
+    assert res.output.count("\n") == 1
+    assert not list(tmp_path.glob("caps.fm2s*")) and not list(tmp_path.glob(".caps*"))
 
 
 def test_a_plate_over_http_is_listed_from_its_metadata(tmp_path, http_server, quick_model):
