@@ -324,6 +324,10 @@ def _run(collection: Collection, output: str | Path | None, job: str,
     outputs = _outputs(collection, root, opened)
     if root is None:
         _check_beside(outputs, overwrite, resume)
+    if shared is not None and errors:
+        name = next(iter(errors))
+        raise FM2SError(f"--share-models trains on every image, but {name} cannot be read "
+                        f"({errors[name]}): fix it, or leave it out with --images")
     settings = _settings(collection, job=job, **settings)
     rows: list[ImageRow] = []
     lock = RunLock(root) if root is not None else None
@@ -343,10 +347,6 @@ def _run(collection: Collection, output: str | Path | None, job: str,
                 created = True
         models = None
         if shared is not None:
-            if errors:
-                name = next(iter(errors))
-                raise FM2SError(f"--share-models trains on every image, but {name} cannot be "
-                                f"read ({errors[name]})")
             paths, shared_records, trainings = shared(
                 [opened[m.name] for m in collection.members], root / RUN_DIR / "models")
             models = paths
