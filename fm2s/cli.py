@@ -137,6 +137,14 @@ Precision = StrEnum("Precision", {name: name for name in ("fp32", "fp16")})
 InPath = Annotated[str, typer.Argument(
     help="Input: OME-Zarr image (local or http(s) URL), zarr array, TIFF stack, or a "
     "single-channel PNG/TIFF image.", show_default=False)]
+InPaths = Annotated[list[str], typer.Argument(
+    help="Input: OME-Zarr image (local or http(s) URL), zarr array, TIFF stack, or a "
+    "single-channel PNG/TIFF image; or many: an HCS plate, a bioformats2raw layout, a folder "
+    "or glob of images, or several paths (see docs/guides/plates.md).", show_default=False)]
+Images = Annotated[str | None, typer.Option(
+    "--images", metavar="PATTERNS", help="Which images of a plate, layout or folder: "
+    "comma-separated patterns, e.g. 'B/3/*' (fields of well B/3), '0,2' (series), '*_1.png'. "
+    "Default: all.", show_default=False)]
 OutPath = Annotated[Path | None, typer.Option(
     "-o", "--output", help="Output. Default: next to the input, '.fm2s' before the extension "
     "(volumes: an OME-Zarr, e.g. stack.fm2s.ome.zarr).", show_default=False)]
@@ -213,10 +221,67 @@ def format_run(report) -> str:
     return "\n".join(lines)
 
 
+def format_batch(report) -> str:
+    """The summary table of a run over many images, as printed."""
+    counts = {s: sum(r.status == s for r in report.rows) for s in ("done", "skipped", "failed")}
+    where = report.output or "beside each input"
+    lines = [f"{report.source} -> {where}: {report.kind}, {len(report.rows)} image(s): "
+             f"{counts['done']} done, {counts['skipped']} complete before, {counts['failed']} "
+             f"failed; {report.trainings} training(s), {report.seconds:.1f} s"]
+    for m in report.shared_models or []:
+        lines.append(f"  shared model, channel {m['channel']}: {m['recipe']}/{m['preset']} "
+                     f"trained on {len(m['training_planes'])} plane(s), {m['steps']} steps on "
+                     f"{m['device']} in {m['train_seconds']:.1f} s, seed {m['seed']}")
+    width = max([len("image")] + [len(r.name) for r in report.rows])
+    lines.append(f"  {'image':<{width}}  {'result':<8}{'model':<26}{'seconds':>8}  warnings")
+    for r in report.rows:
+        lines.append(f"  {r.name:<{width}}  {r.status:<8}{r.model:<26}{r.seconds:>8.1f}  "
+                     f"{len(r.warnings)}")
+    lines += [f"warning: {r.name}: {w}" for r in report.rows for w in r.warnings]
+    return "\n".join(lines)
+
+
+def format_collection_info(report) -> str:
+    """What ``info`` prints for a plate, a layout or a folder of images."""
+    if report.unfinished is not None:
+        run = report.unfinished
+        lines = [f"{report.collection.source}: UNFINISHED fm2s-tile output of a "
+                 f"{report.collection.kind} (its run was interrupted or an image failed)",
+                 f"  started {run.get('started')} by: {run.get('command') or '(the library)'}",
+                 f"  images complete: {len(run['complete'])} of {run['total']}",
+                 "  complete it: rerun that command with --resume (or --overwrite to start "
+                 "over)"]
+        return "\n".join(lines)
+    c = report.collection
+    version = f" (NGFF {c.ngff.version})" if c.ngff is not None else ""
+    lines = [f"{c.source}: {c.kind}{version}, {len(report.images)} image(s)"]
+    if c.files:
+        lines.append("  carried over: " + ", ".join(c.files))
+    width = max(len(n) for n, _, _ in report.images)
+    trainings, shapes = 0, set()
+    for name, image, error in report.images:
+        if image is None:
+            lines.append(f"  {name:<{width}}  cannot be read: {error}")
+            continue
+        shape = " x ".join(map(str, image.data.shape))
+        lines.append(f"  {name:<{width}}  {image.kind} {image.axes} {shape} {image.data.dtype}, "
+                     f"{image.channels} channel(s)")
+        trainings += image.channels
+        shapes.add((image.channels, image.plane_shape))
+    channels = next(iter(shapes))[0] if len(shapes) == 1 else None
+    shared = (f"; with --share-models {channels}" if channels is not None else
+              "; --share-models needs images of one shape")
+    lines.append(f"  train-and-apply: {trainings} training(s), one per channel per image"
+                 f"{shared}; output {report.default_output or 'beside each input'}")
+    return "\n".join(lines)
+
+
 def format_info(report) -> str:
     """What ``info`` prints."""
     import math
 
+    if hasattr(report, "collection"):
+        return format_collection_info(report)
     if report.unfinished is not None:
         run = report.unfinished
         lines = [f"{report.source}: UNFINISHED fm2s-tile output (its run was interrupted; "
@@ -264,7 +329,7 @@ def format_info(report) -> str:
 
 @app.command("train-and-apply")
 def train_and_apply_cmd(
-    image: InPath,
+    inputs: InPaths,
     output: OutPath = None,
     recipe: Annotated[Recipe, typer.Option(
         help="fast: this project's default (random crops, minutes -> seconds); paper: the FM2S "
@@ -296,15 +361,44 @@ def train_and_apply_cmd(
     axes: Axes = None,
     ngff: NgffOpt = None,
     preview: Preview = None,
+    images: Images = None,
+    share_models: Annotated[bool, typer.Option(
+        "--share-models", help="Many images: train one model per channel on planes drawn "
+        "from all of them (one training instead of one per image) and apply it to each.")
+    ] = False,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
 ) -> None:
-    """Train FM2S on the input itself (one model per channel) and write it denoised."""
+    """Train FM2S on the input itself (one model per channel) and write it denoised; a
+    plate, layout or folder: every image, into the same layout."""
     from .jobs import train_and_apply
+    from .layouts import open_collection
 
+    collection = open_collection(inputs, images)
+    if collection is not None:
+        from .batch import train_and_apply_many
+
+        for name, value in (("save_model", save_model), ("preview", preview)):
+            if value is not None:
+                raise ParameterError(name, str(value), "is for one image: leave it out for a "
+                                     "plate, a layout or several images")
+        report = train_and_apply_many(
+            collection, output, recipe=recipe.value, microscope=microscope.value,
+            device=device.value, seed=seed, train_planes=train_planes, tile=tile,
+            workers=workers, scheduler=scheduler, dtype=dtype.value, axes=axes,
+            ngff=ngff.value if ngff else None, precision=precision.value, views=views,
+            share_models=share_models, overwrite=overwrite, resume=resume,
+            command=_command(), progress=_progress(quiet))
+        typer.echo(format_batch(report))
+        if report.problem():
+            raise FM2SError(report.problem())
+        return
+    if share_models:
+        raise ParameterError("share_models", None, "is for many images (a plate, a layout, "
+                             "a folder): this input is one image")
     typer.echo(format_run(train_and_apply(
-        image, output, recipe=recipe.value, microscope=microscope.value, device=device.value,
+        inputs[0], output, recipe=recipe.value, microscope=microscope.value, device=device.value,
         seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,
         dtype=dtype.value, save_model=save_model, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, views=views,
@@ -318,7 +412,7 @@ def apply_cmd(
         "all channels, a comma-separated list with one per channel, or the --save-model path "
         "of a multi-channel run.",
         show_default=False)],
-    image: InPath,
+    inputs: InPaths,
     output: OutPath = None,
     provider: Annotated[Device, typer.Option(help="onnxruntime execution provider.")] = Device[
         "auto"],
@@ -330,15 +424,33 @@ def apply_cmd(
     axes: Axes = None,
     ngff: NgffOpt = None,
     preview: Preview = None,
+    images: Images = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
 ) -> None:
     """Denoise with saved model(s), no training (needs no torch)."""
     from .jobs import apply
+    from .layouts import open_collection
 
+    collection = open_collection(inputs, images)
+    if collection is not None:
+        from .batch import apply_many
+
+        if preview is not None:
+            raise ParameterError("preview", str(preview), "is for one image: leave it out for "
+                                 "a plate, a layout or several images")
+        report = apply_many(
+            model, collection, output, provider=provider.value, tile=tile, workers=workers,
+            scheduler=scheduler, dtype=dtype.value, axes=axes,
+            ngff=ngff.value if ngff else None, precision=precision.value,
+            overwrite=overwrite, resume=resume, command=_command(), progress=_progress(quiet))
+        typer.echo(format_batch(report))
+        if report.problem():
+            raise FM2SError(report.problem())
+        return
     typer.echo(format_run(apply(
-        model, image, output, provider=provider.value, tile=tile, workers=workers,
+        model, inputs[0], output, provider=provider.value, tile=tile, workers=workers,
         scheduler=scheduler, dtype=dtype.value, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, preview=preview,
         command=_command(), progress=_progress(quiet))))
@@ -431,11 +543,12 @@ def bench_cmd(
 
 
 @app.command("info")
-def info_cmd(image: InPath, axes: Axes = None) -> None:
-    """Say what the input holds (format, axes, shape, levels, scale, channels)."""
-    from .jobs import info
+def info_cmd(inputs: InPaths, axes: Axes = None, images: Images = None) -> None:
+    """Say what the input holds (format, axes, shape, levels, scale, channels); for a plate,
+    a layout or a folder, each image and what train-and-apply would do."""
+    from .batch import describe
 
-    typer.echo(format_info(info(image, axes)))
+    typer.echo(format_info(describe(inputs, images, axes)))
 
 
 @app.command("sample")

@@ -9,16 +9,12 @@ Training imports torch (lazily, in :func:`train_and_apply` only); :func:`apply` 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import itertools
 import json
 import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import dask
@@ -28,7 +24,7 @@ import numpy as np
 from ._version import __version__
 from .cluster import Runner, check_cluster_options, runner
 from .errors import FM2SError, ParameterError
-from .package import build_package, is_package, model_bytes, package_name, read_package
+from .package import build_package, is_package, model_bytes, package_name
 from .pixels import MIN_SIDE
 from .progress import ProgressDisplay
 from .readers import Image, is_url, open_image
@@ -43,12 +39,12 @@ from .recipes import (
 )
 from .runs import (
     COMPLETE,
-    Interrupted,
     RunLock,
-    leftovers,
+    keep_model,
+    kept_model,
     read_state,
     refuse_unfinished,
-    remove,
+    resumable,
     unfinished,
     work_path,
     write_atomic,
@@ -412,90 +408,12 @@ def _settings(image: Image, stats: np.ndarray, out_dtype: np.dtype, kind, **sett
         "ngff": image.ngff.version, **settings}))
 
 
-def _start(image: Image, output: Path, kind, dtype: np.dtype, settings: dict,
-           command: str | None, overwrite: bool, resume: bool) -> tuple[OutputImage, dict]:
-    """Under the output's lock: reopen an unfinished output (``resume``, same settings) or
-    clear the path (``overwrite``) and create a new one. Returns it and its run record."""
-    plane_file = kind is not None
-    existing = unfinished(output, plane_file)
-    out = OutputImage(output, image, dtype, kind)
-    if existing is not None and resume:
-        before = existing.get("settings", {})
-        changed = [k for k in sorted(set(before) | set(settings))
-                   if before.get(k) != settings.get(k)]
-        if changed:
-            words = ", ".join("the input's pixels" if k == "input_stats_sha256" else
-                              f"{k} ({before.get(k)!r} then, {settings.get(k)!r} now)"
-                              for k in changed)
-            raise FM2SError(f"output '{output}' was started with other input or settings "
-                            f"({words}): rerun with the same input and options to resume it, "
-                            "or pass --overwrite instead to start over")
-        record = {**existing, "resumed": int(existing.get("resumed", 0)) + 1}
-        return out.reopen(), record
-    if (output.exists() or work_path(output, plane_file).exists()) and not overwrite:
-        raise FM2SError(f"output '{output}' appeared while this run prepared: it was left as "
-                        "it is; pass --overwrite to replace it")
-    for path in {output, work_path(output, plane_file), *leftovers(output)}:
-        remove(path)
-    record = {"command": command, "started": datetime.now(UTC).isoformat(timespec="seconds"),
-              "settings": settings}
-    try:
-        return out.create(record), record
-    except OSError as exc:  # nothing was kept
-        raise FM2SError(_os_message(exc, output, kept=False)) from None
-
-
-def _os_message(exc: OSError, output: Path, kept: bool = True) -> str:
-    where = exc.filename or output
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        problem = f"no space left on the device writing '{where}': free some space"
-    elif exc.errno == errno.EFBIG:
-        problem = (f"file too large writing '{where}' (a file size limit, 'ulimit -f'?): "
-                   "raise the limit")
-    else:
-        problem = f"{exc.strerror or exc} ('{where}'): fix that"
-    if not kept:
-        return f"{problem}, then run the command again (nothing was written)"
-    return (f"{problem}, then rerun the same command with --resume (the unfinished output "
-            f"'{output}' is kept)")
-
-
-@contextmanager
-def _resumable(output: Path) -> Iterator[None]:
-    """Word failures of a run that wrote into ``output``: it is kept, --resume completes it."""
-    try:
-        yield
-    except KeyboardInterrupt as exc:
-        name = getattr(exc, "signal_name", "SIGINT")
-        raise Interrupted(f"stopped by {name}; the unfinished output '{output}' is kept: rerun "
-                          "the same command with --resume to complete it", name) from None
-    except OSError as exc:
-        raise FM2SError(_os_message(exc, output)) from None
-    except FM2SError as exc:
-        if isinstance(exc, ParameterError) or "--resume" in str(exc):
-            raise
-        raise FM2SError(f"{exc} (the unfinished output '{output}' is kept: rerun with "
-                        "--resume once that is fixed)") from None
-
-
 def _noting(lock: RunLock, report: RunReport) -> RunReport:
     """The report, with a word on a stale lock the run took over."""
     if lock.stale is None:
         return report
     note = (f"a lock left by a run that was killed ({lock.stale}) was found and taken over")
     return dataclasses.replace(report, warnings=[note, *report.warnings])
-
-
-def _stored_model(out: OutputImage, channel: int) -> tuple[bytes, dict] | None:
-    """The model of ``channel`` an interrupted run trained and kept, if any."""
-    folder = out.run_dir / "models"
-    onnx_file, record_file = folder / f"c{channel}.onnx", folder / f"c{channel}.json"
-    if not (onnx_file.is_file() and record_file.is_file()):
-        return None
-    data, record = onnx_file.read_bytes(), json.loads(record_file.read_text())
-    if hashlib.sha256(data).hexdigest() != record.get("record", {}).get("model_sha256"):
-        return None
-    return data, record
 
 
 def _trained(model, planes: list[int]) -> tuple[bytes, dict]:
@@ -519,24 +437,6 @@ def _json_or_none(text: str | None) -> dict | None:
         return json.loads(text) if text else None
     except ValueError:
         return None
-
-
-def _keep_model(out: OutputImage, channel: int, data: bytes, record: dict) -> None:
-    folder = out.run_dir / "models"
-    write_atomic(folder / f"c{channel}.onnx", data)
-    write_atomic(folder / f"c{channel}.json", json.dumps(record).encode())
-
-
-def _kept_package(out: OutputImage, channel: int, sha256: str) -> bytes:
-    """The bioimage.io package of ``channel``'s model, built right after training (it needs
-    the torch model and the training planes) and kept beside the model for a resumed run."""
-    path = out.run_dir / "models" / f"c{channel}.zip"
-    if not path.is_file() or hashlib.sha256(read_package(path)[0]).hexdigest() != sha256:
-        raise FM2SError(f"the interrupted run kept the model of channel {channel} but no "
-                        "bioimage.io package of it (it was started without --save-model "
-                        "NAME.zip): save the ONNX model instead (--save-model NAME.onnx), or "
-                        "pass --overwrite to train again")
-    return path.read_bytes()
 
 
 def train_and_apply(source: str | Path, output: str | Path | None = None, *,
@@ -593,13 +493,13 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                              recipe=recipe, microscope=microscope, seed=seed, device=device,
                              train_planes=train_planes, overrides=overrides,
                              precision=precision)
-        out, record = _start(image, output, kind, dtype_out, settings, command, overwrite,
-                             resume)
-        with _resumable(output):
+        out = OutputImage(output, image, dtype_out, kind)
+        record = out.start(settings, command, overwrite, resume)
+        with resumable(output):
             models, references, records, halos = [], [], [], []
             packages = bool(paths) and is_package(paths[0])
             for c in range(image.channels):
-                stored = _stored_model(out, c)
+                stored = kept_model(out.models, c)
                 if stored is None:
                     planes = image.channel_planes(c)
                     index = training_planes(planes.shape[0], train_planes)
@@ -609,14 +509,14 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                         f"training channel {c} ({len(index)} planes)"))
                     stored = _trained(model, index)
                     if packages:
-                        write_atomic(out.run_dir / "models" / f"c{c}.zip", build_package(
+                        write_atomic(out.models / f"c{c}.zip", build_package(
                             model, stack, onnx=stored[0], name=package_name(paths[c].stem),
                             source=image.source, channel=c if image.channels > 1 else None,
                             training_planes=index))
-                    _keep_model(out, c, *stored)
+                    keep_model(out.models, c, *stored)
                 data, kept = stored
                 if paths:
-                    write_atomic(paths[c], _kept_package(out, c, kept["record"]["model_sha256"])
+                    write_atomic(paths[c], out.kept_package(c, kept["record"]["model_sha256"])
                                  if packages else data)
                 models.append(data)
                 references.append(tuple(kept["reference"]))
@@ -673,9 +573,9 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
         settings = _settings(image, stats, dtype_out, kind, job="apply",
                              models=[r.sha256 for r in runtimes],
                              provider=resolve_provider(provider), precision=precision)
-        out, record = _start(image, output, kind, dtype_out, settings, command, overwrite,
-                             resume)
-        with _resumable(output):
+        out = OutputImage(output, image, dtype_out, kind)
+        record = out.start(settings, command, overwrite, resume)
+        with resumable(output):
             report = _noting(lock, _finish(image, out, record, stats, models,
                                            [r.reference for r in runtimes], halo, records,
                                            tile, provider, precision, run, progress))

@@ -36,6 +36,7 @@ class ProgressDisplay:
                             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                             TimeRemainingColumn(), console=console, transient=True,
                             disable=quiet or not console.is_terminal)
+        self.console, self.quiet = console, quiet
 
     def __enter__(self) -> ProgressDisplay:
         self.bar.start()
@@ -43,6 +44,11 @@ class ProgressDisplay:
 
     def __exit__(self, *exc) -> None:
         self.bar.stop()
+
+    def note(self, text: str) -> None:
+        """A line for the log (where a run of many images is), unless ``quiet``."""
+        if not self.quiet:
+            self.console.print(text, highlight=False, markup=False)
 
     def steps(self, label: str) -> Callable[[int, int], None]:
         """A training bar: returns ``progress(step, total)``."""

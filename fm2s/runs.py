@@ -15,16 +15,18 @@ left by a killed run is recognised as stale and taken over.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FM2SError
+from .errors import FM2SError, ParameterError
 
 #: the hidden folder of a running output that holds its models and chunk markers
 RUN_DIR = ".fm2s-run"
@@ -101,6 +103,19 @@ def unfinished(output: Path, plane_file: bool = False) -> dict | None:
     if state is not None and state.get("state") == RUNNING:
         return state.get("run", {})
     return None
+
+
+def check_settings(output: Path, before: dict, now: dict) -> None:
+    """Refuse to resume ``output``, started with the settings ``before``, with others."""
+    changed = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    if changed:
+        words = ", ".join("the input's pixels" if k == "input_stats_sha256" else
+                          "the images selected" if k == "images" else
+                          f"{k} ({before.get(k)!r} then, {now.get(k)!r} now)"
+                          for k in changed)
+        raise FM2SError(f"output '{output}' was started with other input or settings "
+                        f"({words}): rerun with the same input and options to resume it, "
+                        "or pass --overwrite instead to start over")
 
 
 def refuse_unfinished(source: str) -> None:
@@ -256,6 +271,60 @@ class RunLock:
         self.release()
 
 
+def kept_model(folder: Path, channel: int) -> tuple[bytes, dict] | None:
+    """The model of ``channel`` an interrupted run trained and kept in ``folder`` (its ONNX
+    bytes and its record, :func:`keep_model`), if any and intact."""
+    onnx_file, record_file = folder / f"c{channel}.onnx", folder / f"c{channel}.json"
+    if not (onnx_file.is_file() and record_file.is_file()):
+        return None
+    data, record = onnx_file.read_bytes(), json.loads(record_file.read_text())
+    if hashlib.sha256(data).hexdigest() != record.get("record", {}).get("model_sha256"):
+        return None
+    return data, record
+
+
+def keep_model(folder: Path, channel: int, data: bytes, record: dict) -> None:
+    """Keep a trained model in a run's ``folder`` for a resumed run: ``c<k>.onnx`` and
+    ``c<k>.json``, its record, whose ``record.model_sha256`` checks the bytes."""
+    write_atomic(folder / f"c{channel}.onnx", data)
+    write_atomic(folder / f"c{channel}.json", json.dumps(record).encode())
+
+
+def os_message(exc: OSError, output: Path, kept: bool = True) -> str:
+    """A failed write (``exc``) worded for the user: the problem, the fix, and whether the
+    unfinished ``output`` is kept for ``--resume``."""
+    where = exc.filename or output
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        problem = f"no space left on the device writing '{where}': free some space"
+    elif exc.errno == errno.EFBIG:
+        problem = (f"file too large writing '{where}' (a file size limit, 'ulimit -f'?): "
+                   "raise the limit")
+    else:
+        problem = f"{exc.strerror or exc} ('{where}'): fix that"
+    if not kept:
+        return f"{problem}, then run the command again (nothing was written)"
+    return (f"{problem}, then rerun the same command with --resume (the unfinished output "
+            f"'{output}' is kept)")
+
+
+@contextmanager
+def resumable(output: Path) -> Iterator[None]:
+    """Word failures of a run that wrote into ``output``: it is kept, --resume completes it."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        name = getattr(exc, "signal_name", "SIGINT")
+        raise Interrupted(f"stopped by {name}; the unfinished output '{output}' is kept: rerun "
+                          "the same command with --resume to complete it", name) from None
+    except OSError as exc:
+        raise FM2SError(os_message(exc, output)) from None
+    except FM2SError as exc:
+        if isinstance(exc, ParameterError) or "--resume" in str(exc):
+            raise
+        raise FM2SError(f"{exc} (the unfinished output '{output}' is kept: rerun with "
+                        "--resume once that is fixed)") from None
+
+
 def leftovers(output: Path) -> Iterator[Path]:
     """Hidden temporary paths of earlier runs beside ``output`` (older versions' part
     folders, a PNG/TIFF part file)."""
@@ -267,4 +336,5 @@ def leftovers(output: Path) -> Iterator[Path]:
 
 __all__ = ["RUN_DIR", "RUNNING", "COMPLETE", "Interrupted", "work_path", "lock_path",
            "part_path", "write_atomic", "remove", "read_state", "unfinished", "refuse_unfinished",
-           "Done", "RunLock", "leftovers"]
+           "Done", "RunLock", "leftovers", "kept_model", "keep_model", "os_message",
+           "resumable", "check_settings"]

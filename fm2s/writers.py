@@ -6,10 +6,12 @@ TIFF is written to a hidden file that is renamed when complete."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
 import shutil
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
@@ -22,13 +24,41 @@ from .formats import PNG, TIFF, NgffFormat, PlaneFile, is_zarr_name, plane_file_
 from .pixels import cast_like
 from .readers import Image, is_url
 from .recipes import WRITE_CHUNK
-from .runs import COMPLETE, RUN_DIR, RUNNING, Done, part_path, remove, work_path
+from .runs import (
+    COMPLETE,
+    RUN_DIR,
+    RUNNING,
+    Done,
+    check_settings,
+    leftovers,
+    os_message,
+    part_path,
+    remove,
+    unfinished,
+    work_path,
+)
 
 #: the temporary file of a chunk write by zarr's local store (``<key>.<uuid hex>.partial``)
 _PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
 
 #: side of the tiles of a TIFF output
 TIFF_TILE = 512
+
+
+def fm2s_path(source: str, extensions: tuple[str, ...] = (".ome.zarr", ".zarr"),
+              other: str = ".fm2s.ome.zarr") -> Path:
+    """The output path beside ``source``: ``.fm2s`` before the first of ``extensions`` its
+    name ends in (``a.ome.zarr`` -> ``a.fm2s.ome.zarr``), else its name plus ``other``
+    (``extensions`` given: that extension replaced). A URL gives its name in the current
+    folder."""
+    source = source.rstrip("/")
+    name = Path(source).name
+    path = (Path(name) if is_url(source) else Path(source)).absolute()
+    for ext in extensions:
+        if name.lower().endswith(ext):
+            stem = name[: -len(ext)]
+            return path.with_name(stem + (".fm2s" + ext if ext.endswith(".zarr") else other))
+    return path.with_name(name + other)
 
 
 def default_output(image: Image) -> Path:
@@ -38,19 +68,11 @@ def default_output(image: Image) -> Path:
     (``cells.png`` -> ``cells.fm2s.png``); a TIFF stack gives ``<stem>.fm2s.ome.zarr``;
     a URL gives its name in the current folder.
     """
-    source = image.source.rstrip("/")
-    name = Path(source).name
-    path = (Path(name) if is_url(source) else Path(source)).absolute()
-    lower = name.lower()
-    for ext in (".ome.zarr", ".zarr"):
-        if lower.endswith(ext):
-            return path.with_name(name[: -len(ext)] + ".fm2s" + ext)
     if image.plane_file is not None:
+        path = Path(image.source).absolute()
         return path.with_name(f"{path.stem}.fm2s{path.suffix}")
-    for ext in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-        if lower.endswith(ext):
-            return path.with_name(name[: -len(ext)] + ".fm2s.ome.zarr")
-    return path.with_name(name + ".fm2s.ome.zarr")
+    return fm2s_path(image.source, (".ome.zarr", ".zarr", ".ome.tiff", ".ome.tif", ".tiff",
+                                    ".tif"))
 
 
 def check_new_path(path: Path, overwrite: bool, what: str, folder: bool = False) -> Path:
@@ -71,12 +93,13 @@ def check_new_path(path: Path, overwrite: bool, what: str, folder: bool = False)
 
 
 def output_kind(path: Path, image: Image, dtype: np.dtype) -> PlaneFile | None:
-    """The format an output path asks for: None for OME-Zarr, else PNG or TIFF.
+    """The format an output path asks for: None for OME-Zarr (a ``.zarr`` name, or an
+    image inside a zarr group), else PNG or TIFF.
 
     A PNG or TIFF output holds one 2D plane of a type that format can hold.
     """
     name = path.name
-    if is_zarr_name(name):
+    if is_zarr_name(name) or _in_zarr(path):
         return None
     fmt = plane_file_of(name)
     if fmt is None:
@@ -89,6 +112,13 @@ def output_kind(path: Path, image: Image, dtype: np.dtype) -> PlaneFile | None:
         raise FM2SError(f"{fmt.name} cannot hold {np.dtype(dtype)} pixels: write a .tif or "
                         ".ome.zarr output instead")
     return fmt
+
+
+def _in_zarr(path: Path) -> bool:
+    """Whether ``path`` names a member of a zarr hierarchy (a field of a plate, a series of
+    a bioformats2raw layout): its folder is a zarr group."""
+    return "." not in path.name and any(
+        (path.parent / meta).is_file() for meta in ("zarr.json", ".zgroup"))
 
 
 def write_chunks(shape: tuple[int, ...], side: int = WRITE_CHUNK) -> tuple[int, ...]:
@@ -142,6 +172,49 @@ class OutputImage:
         self.group = None
         self.arrays: list = []
         self.resumable = True
+
+    def start(self, settings: dict, command: str | None, overwrite: bool,
+              resume: bool) -> dict:
+        """Under the output's lock: reopen an unfinished output (``resume``, the same
+        ``settings``) or clear the path (``overwrite``) and create a new one. Returns the
+        run's record."""
+        output, plane_file = self.path, self.plane_file is not None
+        existing = unfinished(output, plane_file)
+        if existing is not None and resume:
+            check_settings(output, existing.get("settings", {}), settings)
+            self.reopen()
+            return {**existing, "resumed": int(existing.get("resumed", 0)) + 1}
+        if (output.exists() or work_path(output, plane_file).exists()) and not overwrite:
+            raise FM2SError(f"output '{output}' appeared while this run prepared: it was left "
+                            "as it is; pass --overwrite to replace it")
+        for path in {output, work_path(output, plane_file), *leftovers(output)}:
+            remove(path)
+        record = {"command": command, "settings": settings,
+                  "started": datetime.now(UTC).isoformat(timespec="seconds")}
+        try:
+            self.create(record)
+        except OSError as exc:  # nothing was kept
+            raise FM2SError(os_message(exc, output, kept=False)) from None
+        return record
+
+    def kept_package(self, channel: int, sha256: str) -> bytes:
+        """The bioimage.io package of ``channel``'s model, built right after training (it
+        needs the torch model and the training planes) and kept beside the model for a
+        resumed run."""
+        from .package import read_package
+
+        path = self.models / f"c{channel}.zip"
+        if not path.is_file() or hashlib.sha256(read_package(path)[0]).hexdigest() != sha256:
+            raise FM2SError(f"the interrupted run kept the model of channel {channel} but no "
+                            "bioimage.io package of it (it was started without --save-model "
+                            "NAME.zip): save the ONNX model instead (--save-model NAME.onnx), or "
+                            "pass --overwrite to train again")
+        return path.read_bytes()
+
+    @property
+    def models(self) -> Path:
+        """The folder of the models a run keeps for its resumption (in the run folder)."""
+        return self.run_dir / "models"
 
     @property
     def _levels(self) -> list:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,24 @@ def noisy_and_truth(rng) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture
+def http_server(tmp_path):
+    """A local http server of the folder ``tmp_path/served``: (that folder, its URL)."""
+    root = tmp_path / "served"
+    root.mkdir()
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = partial(Quiet, directory=str(root))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
 def fmd() -> Path:
     if not (FMD / "raw").is_dir():
         pytest.skip("shared FMD images are absent (../shared/data/fmd)")
@@ -66,6 +87,31 @@ def write_ngff(path: Path, data: np.ndarray, axes: str, version: str, levels: in
     chunks = tuple(1 for _ in axes[:-2]) + data.shape[-2:]
     write_image(data, root, axes=axes, fmt=fmt, scale_factors=[2] * (levels - 1),
                 storage_options={"chunks": chunks}, **metadata)
+    return path
+
+
+def write_plate(path: Path, version: str, rows: str = "AB", columns: str = "123",
+                fields: int = 2, shape: tuple[int, ...] = (1, 2, 64, 64), seed: int = 0) -> Path:
+    """An HCS plate written by ome-zarr-py (plate, well and image metadata; NGFF 0.4 or
+    0.5): every well holds ``fields`` czyx fields of ``shape``, synthetic uint16 noise."""
+    import zarr
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import write_plate_metadata, write_well_metadata
+
+    from fm2s.sample import synthetic_stack
+
+    fmt = FormatV04() if version == "0.4" else FormatV05()
+    rng = np.random.default_rng(seed)
+    root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
+    wells = [f"{r}/{c}" for r in rows for c in columns]
+    write_plate_metadata(root, list(rows), list(columns), wells, fmt=fmt, field_count=fields,
+                         name="test plate")
+    for well in wells:
+        group = root.require_group(well)
+        write_well_metadata(group, [{"path": str(f)} for f in range(fields)], fmt=fmt)
+        for f in range(fields):
+            noisy, _ = synthetic_stack((1, *shape), rng)
+            write_ngff(path / well / str(f), noisy[0], "czyx", version, levels=2)
     return path
 
 

@@ -3,9 +3,6 @@
 import json
 import shlex
 import sys
-import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -160,23 +157,6 @@ def test_imagej_hyperstack_end_to_end(tmp_path, stack_uint16):
     assert ms["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == \
         pytest.approx([3.0, 1.0, 0.5, 0.2, 0.2])
     assert zarr.open_array(out / "0").shape == stack_uint16.shape
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = partial(Quiet, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_http_ome_zarr_end_to_end(tmp_path, http_server, stack_uint16, monkeypatch):

@@ -23,7 +23,7 @@ ROOT = PACKAGE.parent
 
 INFERENCE = ["fm2s.runtime", "fm2s.runs", "fm2s.tiling", "fm2s.readers", "fm2s.writers",
              "fm2s.formats", "fm2s.pixels", "fm2s.normalize", "fm2s.cluster", "fm2s.jobs",
-             "fm2s.api", "fm2s.package", "fm2s.preview"]
+             "fm2s.api", "fm2s.package", "fm2s.preview", "fm2s.layouts", "fm2s.batch"]
 #: the training side by name; any other module that imports torch at module level counts as
 #: training side too
 TORCH_SIDE = ["fm2s.network", "fm2s.noise", "fm2s.cudagraph", "fm2s.training", "fm2s.export",
@@ -35,6 +35,7 @@ LAZY_TRAINING_IMPORTS = {
     ("fm2s", "__getattr__"): {"fm2s.model"},  # fm2s.TrainedModel
     ("fm2s.api", "train"): {"fm2s.model"},
     ("fm2s.jobs", "train_and_apply"): {"fm2s.model"},
+    ("fm2s.batch", "_shared_models"): {"fm2s.model"},  # --share-models
     ("fm2s.package", "torchscript"): {"torch", "fm2s.export"},  # writing a package
     ("fm2s.runtime", "choose_providers"): {"torch"},  # CUDA libraries for onnxruntime-gpu
 }

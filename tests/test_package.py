@@ -30,6 +30,7 @@ from fm2s.package import input_crop, min_side, package_name, read_package
 from fm2s.runs import Interrupted
 from fm2s.runtime import OnnxDenoiser
 from fm2s.sample import synthetic_stack
+from fm2s.writers import OutputImage
 
 QUICK = {"samples": 2, "warmup_steps": 1}  # a short schedule: the package is the point here
 SHAPE = (1, 2, 2, 72, 96)  # t, c, z, y, x: two channels of two planes
@@ -255,7 +256,7 @@ def test_packages_that_cannot_serve_are_one_line_errors(run, tmp_path):
 def test_a_resumed_run_without_a_kept_package_is_refused(tmp_path):
     (tmp_path / "models").mkdir()
     with pytest.raises(FM2SError, match=r"no bioimage.io package .* \(--save-model NAME.onnx"):
-        fm2s.jobs._kept_package(SimpleNamespace(run_dir=tmp_path), 0, "0" * 64)
+        OutputImage.kept_package(SimpleNamespace(models=tmp_path / "models"), 0, "0" * 64)
 
 
 def test_small_planes_and_odd_file_names():
