@@ -11,13 +11,14 @@ sparse spots on a dark background, a dense texture), 256 x 256, scaled to grey l
 - 8-bit (grey levels rounded) or 16-bit (16 counts per grey level over an offset of 100).
 
 Each case trains, with the default recipe and seed: the four named presets (``confocal``,
-``twophoton``, ``widefield``, ``generic``) and ``auto``. ``auto`` compares its candidates
+``twophoton``, ``widefield``, ``generic``) and ``--microscope compare`` (column ``auto``),
+which compares its candidates
 (fm2s.selection: the synthesis derived from the measured noise and the four presets,
 each trained briefly and scored on the image) and trains the winner's full schedule,
 which is the same run, bit for bit, as that candidate trained alone
 (tests/test_selection.py): so each candidate trains in full once, and auto's figure is
-its winner's. ``measured`` is the synthesis derived from the measured noise alone (the
-``auto`` of before the comparison). PSNR in dB, data range 255 (grey levels).
+its winner's. ``measured`` is the synthesis derived from the measured noise alone (``--microscope
+auto``, the default). PSNR in dB, data range 255 (grey levels).
 
 Prints one row per case and the summary: the mean of each column, the oracle (best
 preset per case), the cases where auto is more than 0.3 dB below the best preset, and
@@ -117,7 +118,7 @@ def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int) -> dic
     auto's steps as :func:`fm2s.model.select_and_train` takes them: the comparison, then
     the winner's full run (trained here for every candidate).
     """
-    config = config_for("fast", "auto", seed, 1)
+    config = config_for("fast", "compare", seed, 1)
     normalization = fit_normalization(noisy, config.normalization)
     normalized = normalization.forward(noisy)
     stats = (float(stack_stats(noisy)[2]), float(stack_stats(noisy)[3]))

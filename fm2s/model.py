@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 
 from ._version import __version__
-from .calibrate import NoiseEstimate, estimate_noise
+from .calibrate import NoiseEstimate, calibrated_config, estimate_noise
 from .errors import FM2SError
 from .export import Denoiser, to_onnx
 from .network import FM2SNet
@@ -157,10 +157,14 @@ def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
     estimate = selection = None
     if config.calibrated:
         net = train_network(normalized, config, torch_device, progress)
-    else:  # auto: the noise synthesis is chosen on these planes (fm2s.selection)
+    elif config.microscope == "compare":  # the syntheses compared on these planes
         estimate = estimate_noise(normalized)
         selection, net = select_and_train(normalized, config, estimate, torch_device, progress)
         config = selection.winner.config
+    else:  # auto: the noise synthesis derived from the noise measured on these planes
+        estimate = estimate_noise(normalized)
+        config = calibrated_config(config, estimate, planes.shape[-2:])
+        net = train_network(normalized, config, torch_device, progress)
     return TrainedModel(net, normalization, config, (float(stats[2]), float(stats[3])),
                         time.perf_counter() - start, str(torch_device), estimate, selection)
 

@@ -18,12 +18,16 @@ from .errors import ParameterError
 RECIPES = ("fast", "paper", "v2")
 #: the FM2S authors' presets per microscope (avg1: single captures) and their tuning for
 #: captures averaged 2 and 4 times (``confocal-avg2`` ...; ``v2``/``fast`` recipes)
-MICROSCOPES = ("auto", "confocal", "twophoton", "widefield", "generic",
+MICROSCOPES = ("auto", "compare", "confocal", "twophoton", "widefield", "generic",
                "confocal-avg2", "confocal-avg4", "twophoton-avg2", "twophoton-avg4",
                "widefield-avg2", "widefield-avg4")
 DEFAULT_RECIPE = "fast"
 #: ``auto``: the noise synthesis is chosen from the data (:mod:`fm2s.calibrate`)
 DEFAULT_MICROSCOPE = "auto"
+#: noise models measured on the data: ``auto`` derives the synthesis from the measured
+#: noise (:mod:`fm2s.calibrate`); ``compare`` (opt-in) also trains the named presets and
+#: keeps the one that scores best on the image itself (:mod:`fm2s.selection`)
+MEASURED = ("auto", "compare")
 
 
 def _check_target(amplification: int, median: int) -> None:
@@ -237,7 +241,7 @@ class TrainConfig:
     @property
     def calibrated(self) -> bool:
         """False for an ``auto`` config whose noise is not measured yet."""
-        return self.microscope != "auto" or isinstance(self.noise, CalibratedNoise) \
+        return self.microscope not in MEASURED or isinstance(self.noise, CalibratedNoise) \
             or self.recipe == "paper"
 
     @property
@@ -266,7 +270,8 @@ for _name, _levels in {"confocal": ((125, 95, 285), (70, 195, 485)),
     for _level, (_kg, _kp, _lam) in zip(("avg2", "avg4"), _levels):
         _V2_NOISE[f"{_name}-{_level}"] = replace(_V2_NOISE[_name], k_g=_kg, k_p=_kp,
                                                  lambda_p=_lam)
-_V2_NOISE["auto"] = _V2_NOISE["confocal"]  # stands in until the data's noise is measured
+# auto and compare: the confocal preset stands in until the data's noise is measured
+_V2_NOISE["auto"] = _V2_NOISE["compare"] = _V2_NOISE["confocal"]
 
 #: recipe name -> (schedule fields, microscope -> noise model, microscope -> schedule changes)
 _RECIPE_TABLE: dict[str, tuple[dict, dict[str, NoiseModel], dict[str, dict]]] = {
@@ -329,8 +334,8 @@ def as_preset(config: TrainConfig, microscope: str) -> TrainConfig:
     proportion to the config's schedule, so a stack's or an override's schedule keeps its
     scale. Used by ``auto`` to compare presets (:mod:`fm2s.selection`).
     """
-    if microscope == DEFAULT_MICROSCOPE or microscope not in MICROSCOPES:
-        raise ParameterError("microscope", microscope, "name a preset, not auto")
+    if microscope in MEASURED or microscope not in MICROSCOPES:
+        raise ParameterError("microscope", microscope, "name a preset, not auto or compare")
     schedule, noises, per_microscope = _RECIPE_TABLE[config.recipe]
     scaled = {key: max(1, round(getattr(config, key) * value / schedule[key]))
               for key, value in per_microscope.get(microscope, {}).items()}

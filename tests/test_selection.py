@@ -119,7 +119,7 @@ def test_auto_trains_the_winner_as_it_would_train_alone():
     """auto's network is the winner's full schedule trained alone, bit for bit
     (benchmarks/synthetic.py relies on it); the decision names what was compared."""
     image, _ = synthetic_image((80, 96), np.random.default_rng(4))
-    model = fm2s.train(image, device="cpu", seed=2, **TINY)
+    model = fm2s.train(image, microscope="compare", device="cpu", seed=2, **TINY)
     winner = model.selection.winner
     assert model.config == winner.config
     alone = train_network(model.normalization.forward(image), winner.config, "cpu")
@@ -134,7 +134,7 @@ def test_auto_trains_the_winner_as_it_would_train_alone():
 
 def test_selection_is_reproducible_and_follows_the_seed():
     image, _ = synthetic_image((80, 80), np.random.default_rng(6))
-    config = make_config("fast", "auto", seed=1, **TINY)
+    config = make_config("fast", "compare", seed=1, **TINY)
     normalized = (image / float(image.max())).astype(np.float32)
     estimate = estimate_noise(normalized)
 
@@ -147,10 +147,13 @@ def test_selection_is_reproducible_and_follows_the_seed():
     assert a.chosen == b.chosen
 
 
-def test_a_named_preset_is_trained_without_comparison():
+def test_a_named_preset_and_auto_train_without_comparison():
     image, _ = synthetic_image((64, 64), np.random.default_rng(2))
     model = fm2s.train(image, microscope="confocal", device="cpu", **TINY)
     assert model.selection is None and model.noise_record() is None
+    auto = fm2s.train(image, device="cpu", **TINY)  # the default: the measured synthesis
+    assert auto.selection is None and auto.config.microscope == "auto"
+    assert "compared" not in auto.noise_record()["decision"]
 
 
 def test_screening_trains_every_step_on_smaller_crops():
