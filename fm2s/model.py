@@ -49,7 +49,7 @@ class TrainedModel:
     estimate
         The noise measured on the training planes (``--microscope auto``), else None.
     selection
-        What ``auto`` compared and chose (:mod:`fm2s.selection`), else None.
+        What ``compare`` compared and chose (:mod:`fm2s.selection`), else None.
     """
 
     net: FM2SNet
@@ -172,7 +172,7 @@ def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
 def select_and_train(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
                      device, progress: Callable[[int, int], None] | None = None
                      ) -> tuple[Selection, FM2SNet]:
-    """``auto``: compare the candidate syntheses on ``planes`` (:func:`fm2s.selection.select`),
+    """``compare``: the candidate syntheses compared on ``planes`` (:func:`fm2s.selection.select`),
     then train the winner's full schedule. ``progress`` sees one run of the comparison's
     steps and the final training's."""
     stack = planes if planes.ndim == 3 else planes[None]
