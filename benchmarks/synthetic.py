@@ -38,6 +38,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ from fm2s.normalize import fit_normalization, stack_stats
 from fm2s.recipes import config_for
 from fm2s.runtime import OnnxDenoiser
 from fm2s.sample import synthetic_stack
-from fm2s.selection import SELECTION, select
+from fm2s.selection import SELECTION, candidates, score, scored_planes
 from fm2s.training import train_network
 
 SIZE = 256
@@ -113,10 +114,13 @@ def grey(image: np.ndarray, depth: int) -> np.ndarray:
 
 
 def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int) -> dict:
-    """Every candidate's PSNR (full schedule), auto's choice, its PSNR and its seconds.
+    """Every candidate's PSNR (full schedule), compare's choice, its PSNR and its seconds.
 
-    auto's steps as :func:`fm2s.model.select_and_train` takes them: the comparison, then
-    the winner's full run (trained here for every candidate).
+    compare's steps as :func:`fm2s.model.select_and_train` takes them (each candidate's
+    comparison run, scored by :func:`fm2s.selection.score`), then every candidate's full
+    run (compare's is its winner's). Each comparison run and full run is also scored by
+    binomial thinning (``split="thinning"``), to compare the two ways of drawing the
+    score's noise on the same networks.
     """
     config = config_for("fast", "compare", seed, 1)
     normalization = fit_normalization(noisy, config.normalization)
@@ -124,20 +128,35 @@ def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int) -> dic
     stats = (float(stack_stats(noisy)[2]), float(stack_stats(noisy)[3]))
     start = time.perf_counter()
     estimate = estimate_noise(normalized)
-    selection = select(normalized, config, estimate, lambda p, c: train_network(p, c, "cpu"))
-    row = {"noisy": psnr(grey(noisy, depth), clean), "chosen": selection.winner.name,
-           "scores": {c.name: c.score for c in selection.candidates},
+    planes = scored_planes(normalized[None], SELECTION.max_planes)
+    thinning = replace(SELECTION, split="thinning")
+    compared = candidates(config, estimate, normalized.shape)
+    scores, thinned = {}, {}
+    for name, full in compared:
+        net = train_network(normalized, SELECTION.screening(full), "cpu")
+        scores[name] = score(net, planes, estimate, full)
+        thinned[name] = score(net, planes, estimate, full, thinning)
+    chosen = min(scores, key=scores.get)
+    row = {"noisy": psnr(grey(noisy, depth), clean), "chosen": chosen, "scores": scores,
+           "thinning_scores": thinned, "chosen_thinning": min(thinned, key=thinned.get),
            "screen_s": time.perf_counter() - start,
-           "relative_noise": estimate.relative_noise, "ratio": estimate.fine_ratio}
+           "relative_noise": estimate.relative_noise, "ratio": estimate.fine_ratio,
+           "gain": estimate.gain, "offset": estimate.offset}
 
     def quality(net, cfg) -> float:
         model = TrainedModel(net, normalization, cfg, stats, 0.0, "cpu")
         out = apply(OnnxDenoiser(model.to_bytes(), provider="cpu"), noisy, "cpu")
         return psnr(grey(out, depth), clean)
 
-    for cand in selection.candidates:
-        row[cand.name] = quality(train_network(normalized, cand.config, "cpu"), cand.config)
-    row["auto"] = row[selection.winner.name]
+    row["full_scores"], row["full_thinning_scores"] = {}, {}
+    for name, full in compared:
+        net = train_network(normalized, full, "cpu")
+        row[name] = quality(net, full)
+        # the same scores on the full runs: would scoring full runs choose better?
+        row["full_scores"][name] = score(net, planes, estimate, full)
+        row["full_thinning_scores"][name] = score(net, planes, estimate, full, thinning)
+    row["auto"] = row[chosen]
+    row["auto_thinning"] = row[row["chosen_thinning"]]
     return row
 
 

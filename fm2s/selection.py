@@ -56,6 +56,13 @@ class SelectionConfig:
         Recorruption draws averaged per plane.
     max_planes
         Training planes scored at most (spread over the stack).
+    split
+        How the noisier input and the independent target are drawn: ``gaussian``
+        (recorruption with Gaussian noise of the measured variance) or ``thinning``
+        (white noise only: the photon counts of the measured model split binomially,
+        with keep probability 1 / (1 + alpha^2), which gives the input and the target the
+        same noise variances as recorruption and is exact for Poisson noise at any count;
+        the read noise is recorrupted).
     """
 
     presets: tuple[str, ...] = ("confocal", "twophoton", "widefield", "generic")
@@ -64,8 +71,11 @@ class SelectionConfig:
     alpha: float = 0.5
     draws: int = 3
     max_planes: int = 4
+    split: str = "gaussian"
 
     def __post_init__(self) -> None:
+        if self.split not in ("gaussian", "thinning"):
+            raise ValueError("split must be gaussian or thinning")
         if not 0 < self.screen_crop <= 1 or not 0 < self.screen_samples <= 1:
             raise ValueError("screen_crop and screen_samples must be in (0, 1]")
         if self.alpha <= 0 or self.draws < 1 or self.max_planes < 1:
@@ -171,7 +181,15 @@ def recorruption_score(net: FM2SNet, planes: np.ndarray, estimate: NoiseEstimate
     denoiser = Denoiser(net, Normalization(0.0, 1.0), views=views).eval()
     a = selection.alpha
     total = 0.0
+    thinning = selection.split == "thinning" and not estimate.correlated and estimate.gain > 0
     for plane in planes:
+        if thinning:
+            for _ in range(selection.draws):
+                noisier, target = thinned(plane.astype(np.float64), estimate, a, rng)
+                with torch.no_grad():
+                    out = denoiser(torch.from_numpy(noisier.astype(np.float32))[None, None])
+                total += float(np.mean((out[0, 0].numpy().astype(np.float64) - target) ** 2))
+            continue
         # the intensity at each pixel: the mean of its 8 neighbours, which holds none of
         # the pixel's own noise and, the variance being linear in the intensity, gives the
         # variance without bias where the image is flat (a 3 x 3 median is biased low on
@@ -185,6 +203,31 @@ def recorruption_score(net: FM2SNet, planes: np.ndarray, estimate: NoiseEstimate
                 out = denoiser(noisier)[0, 0].numpy().astype(np.float64)
             total += float(np.mean((out - (plane - z / a)) ** 2))
     return total / (len(planes) * selection.draws)
+
+
+def thinned(plane: np.ndarray, estimate: NoiseEstimate, alpha: float,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A noisier copy of ``plane`` and an independent target with the noise variances of
+    recorruption (1 + alpha^2 and 1 + 1 / alpha^2 times the plane's), by binomial thinning
+    of the photon counts of the measured model (variance = gain * I + offset: counts
+    (I - dark) / gain above a dark level -offset / gain, read noise of variance offset).
+
+    Counts are rounded at random to integers (keeping their mean); what is not photons
+    (the read noise and that rounding) is recorrupted with Gaussian noise of the read
+    noise's variance, as in :func:`recorruption_score`.
+    """
+    gain = estimate.gain
+    dark = max(-estimate.offset / gain, 0.0)
+    counts = np.maximum(plane - dark, 0.0) / gain
+    whole = np.floor(counts)
+    n = (whole + (rng.random(plane.shape) < counts - whole)).astype(np.int64)
+    rest = plane - dark - gain * n
+    keep = 1.0 / (1.0 + alpha * alpha)
+    kept = rng.binomial(n, keep)
+    z = np.sqrt(max(estimate.offset, 0.0)) * rng.standard_normal(plane.shape)
+    noisier = dark + gain * kept / keep + rest + alpha * z
+    target = dark + gain * (n - kept) / (1.0 - keep) + rest - z / alpha
+    return noisier, target
 
 
 _NEIGHBOURS = np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 1.0], [1.0, 1.0, 1.0]]) / 8

@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 import fm2s
-from fm2s.calibrate import estimate_noise
+from fm2s.calibrate import NoiseEstimate, estimate_noise
 from fm2s.network import FM2SNet
 from fm2s.recipes import as_preset, config_for, make_config
 from fm2s.sample import synthetic_image
@@ -17,6 +17,7 @@ from fm2s.selection import (
     correlation_width,
     recorruption_score,
     select,
+    thinned,
 )
 from fm2s.training import train_network
 
@@ -169,3 +170,58 @@ def test_selection_config_is_validated():
         SelectionConfig(screen_crop=0)
     with pytest.raises(ValueError):
         SelectionConfig(alpha=-1)
+
+
+@pytest.mark.parametrize("photons,read", [(0.3, 0.0), (3.0, 0.0), (3.0, 1.5)])
+def test_thinning_gives_independent_input_and_target_at_any_count(photons, read):
+    """Poisson counts (plus Gaussian read noise) over a flat image: the thinned input and
+    target carry 1 + alpha^2 and 1 + 1 / alpha^2 times the image's noise variance and are
+    uncorrelated; without read noise they are independent (uncorrelated in their squares
+    too: with read noise the split counts hold some of it, so only the moments hold), where
+    recorrupting the same counts with Gaussian noise of the right variance leaves their
+    squares correlated at low counts."""
+    rng = np.random.default_rng(4)
+    gain, shape, alpha = 0.01, (512, 512), 0.5
+    clean = np.full(shape, photons * gain)
+    noisy = rng.poisson(photons, shape) * gain + read * gain * rng.standard_normal(shape)
+    variance = gain * clean[0, 0] + (read * gain) ** 2
+    estimate = NoiseEstimate(gain, (read * gain) ** 2, 1.0, clean[0, 0])
+    noisier, target = thinned(noisy, estimate, alpha, rng)
+    a, b = noisier - clean, target - clean
+    assert abs(a.var() / variance - (1 + alpha**2)) < 0.05 * (1 + alpha**2)
+    assert abs(b.var() / variance - (1 + 1 / alpha**2)) < 0.05 * (1 + 1 / alpha**2)
+
+    def dependence(x, y):  # correlation of x^2 with y: 0 for independent noises
+        return abs(np.corrcoef(x**2, y)[0, 1])
+
+    assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 0.01
+    if not read:
+        assert dependence(a.ravel(), b.ravel()) < 0.01
+    z = np.sqrt(variance) * rng.standard_normal(shape)
+    gaussian = dependence((noisy + alpha * z - clean).ravel(), (noisy - z / alpha - clean).ravel())
+    if photons < 1 and not read:
+        assert gaussian > 0.05, gaussian  # why thinning: Gaussian draws fail at low counts
+
+
+def test_thinning_score_ranks_denoisers_on_few_photons():
+    """Sparse bright spots on a dark background, 0.5 photons per unit at most: the
+    thinning score orders smoothers as their error against the truth does."""
+    rng = np.random.default_rng(2)
+    spots = np.zeros((192, 192))
+    ys, xs = rng.integers(0, 192, (2, 60))
+    spots[ys, xs] = 1.0
+    truth = ndimage.gaussian_filter(spots, 2.0)
+    truth = 0.6 * truth / truth.max() + 0.01
+    gain = 0.05  # 20 photons at 1.0: 0.2 in the background
+    noisy = (rng.poisson(truth / gain) * gain).astype(np.float32)
+    estimate = NoiseEstimate(gain, 0.0, 1.0, float(noisy.mean()))
+    selection = SelectionConfig(draws=4, split="thinning")
+    true, scores = [], []
+    for s in [0.0, 0.3, 0.6, 1.0]:
+        net = _smoothing_net(s)
+        with torch.no_grad():
+            out = net(torch.from_numpy(noisy)[None, None])[0, 0].numpy()
+        true.append(float(np.mean((out - truth) ** 2)))
+        scores.append(recorruption_score(net, noisy[None], estimate, 1, selection,
+                                         np.random.default_rng(1)))
+    assert np.argsort(scores).tolist() == np.argsort(true).tolist(), (scores, true)
