@@ -368,6 +368,11 @@ def train_and_apply_cmd(
         "--share-models", help="Many images: train one model per channel on planes drawn "
         "from all of them (one training instead of one per image) and apply it to each.")
     ] = False,
+    together: Annotated[bool | None, typer.Option(
+        "--train-together/--train-one-at-a-time", help="Many images: train their models as "
+        "one batched program (each the model of its image alone, up to float rounding), or "
+        "one at a time. Default: together on CUDA, one at a time on a CPU (measured "
+        "faster there).", show_default=False)] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
@@ -390,7 +395,7 @@ def train_and_apply_cmd(
             device=device.value, seed=seed, train_planes=train_planes, tile=tile,
             workers=workers, scheduler=scheduler, dtype=dtype.value, axes=axes,
             ngff=ngff.value if ngff else None, precision=precision.value, views=views,
-            share_models=share_models, overwrite=overwrite, resume=resume,
+            share_models=share_models, batched=together, overwrite=overwrite, resume=resume,
             command=_command(), progress=_progress(quiet))
         typer.echo(format_batch(report))
         if report.problem():
@@ -399,6 +404,10 @@ def train_and_apply_cmd(
     if share_models:
         raise ParameterError("share_models", None, "is for many images (a plate, a layout, "
                              "a folder): this input is one image")
+    if together is not None:
+        raise ParameterError("train_together" if together else "train_one_at_a_time", None,
+                             "is for many images (a plate, a layout, a folder): this input "
+                             "is one image")
     typer.echo(format_run(train_and_apply(
         inputs[0], output, recipe=recipe.value, microscope=microscope.value, device=device.value,
         seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,

@@ -67,6 +67,8 @@ class ChannelReport:
 
     ``data_range`` is the channel's [min, max]; ``model_range`` the range the model was
     trained on; ``mapped_planes`` of ``planes`` lay outside it and were mapped into it.
+    ``batched``: the models trained in one program with this one (1: alone; None: a saved
+    model).
     """
 
     channel: int
@@ -85,6 +87,7 @@ class ChannelReport:
     train_seconds: float | None = None
     device: str | None = None
     noise: dict | None = None
+    batched: int | None = None
 
     def record(self) -> dict:
         """The channel's entry in the output's provenance."""
@@ -150,6 +153,14 @@ def training_planes(n_planes: int, k: int) -> list[int]:
         return list(range(n_planes))
     return sorted({round(i * (n_planes - 1) / (k - 1)) for i in range(k)} if k > 1
                   else {(n_planes - 1) // 2})
+
+
+def training_stack(image: Image, channel: int, train_planes: int) -> tuple[np.ndarray, list[int]]:
+    """The planes a channel's model trains on (read into memory) and their indices."""
+    planes = image.channel_planes(channel)
+    index = training_planes(planes.shape[0], train_planes)
+    with dask.config.set(scheduler="threads"):
+        return np.asarray(planes[index].compute()), index
 
 
 def model_paths(save_model: str | Path | None, channels: int, overwrite: bool) -> list[Path]:
@@ -428,7 +439,7 @@ def _trained(model, planes: list[int]) -> tuple[bytes, dict]:
                           "scale": model.normalization.scale},
         "training_planes": planes, "steps": config.total_steps,
         "train_seconds": round(model.seconds, 3), "device": model.device,
-        "noise": model.noise_record()}}
+        "batched": model.batched, "noise": model.noise_record()}}
 
 
 def _json_or_none(text: str | None) -> dict | None:
@@ -449,7 +460,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     overwrite: bool = False, resume: bool = False, axes: str | None = None,
                     ngff: str | None = None, precision: str = "fp32", views: int | None = None,
                     command: str | None = None, progress: ProgressDisplay | None = None,
-                    **overrides) -> RunReport:
+                    trained: dict | None = None, **overrides) -> RunReport:
     """Train one model per channel on ``train_planes`` planes, then denoise every plane.
 
     Any input (OME-Zarr, zarr, TIFF stack, 2D PNG/TIFF); the output is an OME-Zarr, or a
@@ -464,6 +475,11 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     The output is written in place and marked unfinished until complete; an interrupted
     run is continued with ``resume=True`` (same input and settings): the models it trained
     are reused and no chunk it wrote is computed again.
+
+    ``trained``: channel -> (:class:`fm2s.model.TrainedModel`, training plane indices) of
+    models trained already on this image's :func:`training_stack` with this run's config
+    (:func:`fm2s.batch.train_and_apply_many` trains many images' models at once); a
+    channel not in it trains here.
     """
     try:
         from .model import train_model
@@ -501,12 +517,14 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
             for c in range(image.channels):
                 stored = kept_model(out.models, c)
                 if stored is None:
-                    planes = image.channel_planes(c)
-                    index = training_planes(planes.shape[0], train_planes)
-                    with dask.config.set(scheduler="threads"):
-                        stack = np.asarray(planes[index].compute())
-                    model = train_model(stack, config, device, progress.steps(
-                        f"training channel {c} ({len(index)} planes)"))
+                    if trained is not None and c in trained:  # trained with other models
+                        model, index = trained[c]
+                        stack = (training_stack(image, c, train_planes)[0] if packages
+                                 else None)
+                    else:
+                        stack, index = training_stack(image, c, train_planes)
+                        model = train_model(stack, config, device, progress.steps(
+                            f"training channel {c} ({len(index)} planes)"))
                     stored = _trained(model, index)
                     if packages:
                         write_atomic(out.models / f"c{c}.zip", build_package(

@@ -86,3 +86,23 @@ def test_whole_image_models_batch_only_with_their_shape(rng):
     alone = train_network(images[1], config)
     (_, b) = train_grouped(samplers[:2])
     assert largest_difference(alone, b) <= ROUNDING
+
+
+def test_train_models_batched_are_the_models_trained_alone(rng):
+    """fm2s.model.train_models: auto measures each image's noise as train_model does, then
+    trains them in one program (batched=True, as on CUDA); not batched (the CPU's default),
+    the very models of train_model."""
+    from fm2s.model import train_model, train_models
+
+    images = [synthetic_image((64, 80), rng)[0] for _ in range(3)]
+    configs = [make_config("fast", "auto", seed=s, samples=3) for s in (1, 2, 3)]
+    alone = [train_model(i, c, "cpu") for i, c in zip(images, configs)]
+    together = train_models(images, configs, "cpu", batched=True)
+    apart = train_models(images, configs, "cpu")
+    assert [m.batched for m in together] == [3, 3, 3]
+    assert [m.batched for m in apart] == [1, 1, 1]
+    for a, b, c in zip(alone, together, apart):
+        assert b.config == a.config and b.estimate == a.estimate
+        assert b.normalization == a.normalization and b.percentiles == a.percentiles
+        assert largest_difference(a.net, b.net) <= ROUNDING
+        assert largest_difference(a.net, c.net) == 0
