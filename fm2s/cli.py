@@ -494,6 +494,9 @@ def format_bench(report) -> str:
             note.append("volume " + "x".join(map(str, r["shape"])))
         if r.get("workers"):
             note.append(f"{r['workers']} workers (peak {r.get('worker_peak_rss_mb', 0):.0f} MB)")
+        if r["provider"] == "cuda":
+            search = (r.get("provider_options") or {}).get("cudnn_conv_algo_search", "?")
+            note.append(f"conv search {search}, TF32 {'on' if r.get('tf32') else 'off'}")
         gpu = f"{r['gpu_memory_mb']:.0f}" if r.get("gpu_memory_mb") else "-"
         lines.append(f"{r['provider']:<9}{r['precision']:<10}{r['mode']:<19}"
                      f"{r['mvox_s']:>10.2f}{r['peak_rss_mb']:>13.0f}{gpu:>9}  {', '.join(note)}")
@@ -525,6 +528,10 @@ def bench_cmd(
         "--json", help="Also write the records as JSON here.", show_default=False)] = None,
     plot_path: Annotated[Path | None, typer.Option(
         "--plot", help="Also write a bar chart (PNG) here.", show_default=False)] = None,
+    conv_search: Annotated[str | None, typer.Option(
+        help="CUDA: cuDNN's convolution algorithm search, DEFAULT (the default, cuDNN's "
+        "fallback mode), HEURISTIC or EXHAUSTIVE (opt-in, not yet measured on a GPU).",
+        show_default=False)] = None,
     quiet: Quiet = False,
 ) -> None:
     """Measure throughput (Mvoxel/s) per provider and precision: the bare onnxruntime session,
@@ -534,7 +541,7 @@ def bench_cmd(
     config = BenchConfig(
         providers=_csv(providers or ""), precisions=_csv(precision),
         shape=_ints(shape, "shape"), tile=tile, workers=workers, repeats=repeats,
-        modes=_csv(modes), model=str(model) if model else None)
+        modes=_csv(modes), model=str(model) if model else None, conv_search=conv_search)
     for path, suffix in ((json_path, ".json"), (plot_path, ".png")):
         if path is not None and (path.suffix.lower() != suffix or not path.absolute().parent
                                  .is_dir()):

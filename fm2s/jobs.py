@@ -49,7 +49,7 @@ from .runs import (
     work_path,
     write_atomic,
 )
-from .runtime import OnnxDenoiser, check_precision, resolve_provider
+from .runtime import OnnxDenoiser, check_precision, resolve_provider, shared_denoiser
 from .tiling import (
     denoise_array,
     pending_blocks,
@@ -348,8 +348,13 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
         run.run(tasks, progress.tasks(f"pyramid level {level}", [1] * len(tasks),
                                       [sizes[i] for i in blocks], unit="chunks"))
     seconds = time.perf_counter() - start
+    extra = {}
+    if resolve_provider(provider) == "cuda":  # the options in force, as onnxruntime says
+        extra["provider_options"] = shared_denoiser(models[0], provider,
+                                                    precision).provider_options
     out.commit({**provenance, "tile": tile, "halo": halo, "dtype": str(out.dtype),
-                "scheduler": run.describe(), "provider": provider, "precision": precision})
+                "scheduler": run.describe(), "provider": provider, "precision": precision,
+                **extra})
     return sum(tiles), sum(voxels), seconds
 
 
