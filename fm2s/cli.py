@@ -371,8 +371,8 @@ def train_and_apply_cmd(
     together: Annotated[bool | None, typer.Option(
         "--train-together/--train-one-at-a-time", help="Many images: train their models as "
         "one batched program (each the model of its image alone, up to float rounding), or "
-        "one at a time. Default: together on CUDA, one at a time on a CPU (measured "
-        "faster there).", show_default=False)] = None,
+        "one at a time. Default: together on CUDA, one at a time on a CPU (batching was "
+        "slower there when measured).", show_default=False)] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,

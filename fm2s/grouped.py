@@ -12,9 +12,9 @@ element by element with one learning-rate schedule, which the models of a group 
 grouped convolution may sum in another order): ``tests/test_grouped.py`` checks it.
 
 On a GPU a training step of one tiny network is bound by kernel launches (about 1.9 ms on
-an H200, whatever the crop size), so N models at once cost little more than one. On two
-CPU cores the convolutions are the cost: see :func:`batching_pays` and
-benchmarks/RESULTS.md.
+an H200, whatever the crop size), so N models at once should cost little more than one
+(not measured yet: benchmarks/device_check.sh). On two CPU cores the convolutions are the
+cost: see :func:`batching_pays` and benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -158,9 +158,10 @@ def train_grouped(samplers: Sequence[Sampler],
 
 
 def batching_pays(device: torch.device) -> bool:
-    """Whether models train faster per model batched than one at a time on ``device``:
-    on CUDA (launch-bound steps); not on a CPU (measured on two cores:
-    benchmarks/RESULTS.md, "Many models at once")."""
+    """Whether models are batched by default on ``device``: on CUDA (launch-bound steps;
+    the gain is not measured yet); not on a CPU, where the least loaded measurement on two
+    cores found batching slower (benchmarks/RESULTS.md, "Many models at once on the CPU",
+    a noisy measurement) and one at a time keeps outputs byte for byte as single runs."""
     return device.type == "cuda"
 
 
