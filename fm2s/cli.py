@@ -369,7 +369,7 @@ def train_and_apply_cmd(
         "from all of them (one training instead of one per image) and apply it to each.")
     ] = False,
     together: Annotated[bool | None, typer.Option(
-        "--train-together/--train-one-at-a-time", help="Many images: train their models as "
+        "--train-together/--train-apart", help="Many images: train their models as "
         "one batched program (each the model of its image alone, up to float rounding), or "
         "one at a time. Default: together on CUDA, one at a time on a CPU (batching was "
         "slower there when measured).", show_default=False)] = None,
@@ -405,7 +405,7 @@ def train_and_apply_cmd(
         raise ParameterError("share_models", None, "is for many images (a plate, a layout, "
                              "a folder): this input is one image")
     if together is not None:
-        raise ParameterError("train_together" if together else "train_one_at_a_time", None,
+        raise ParameterError("train_together" if together else "train_apart", None,
                              "is for many images (a plate, a layout, a folder): this input "
                              "is one image")
     typer.echo(format_run(train_and_apply(
