@@ -403,7 +403,7 @@ def main() -> int:
              ("gpu tests", lambda: passed.__setitem__(0, tests_step(args.out, left(0.2),
                                                                     args.cpu))),
              ("tiling", lambda: tiling_step(args.out, provider)),
-             ("many models", lambda: many_step(args.out, provider, args.cpu, left(0.28))),
+             ("many models", lambda: many_step(args.out, provider, args.cpu, left(0.32))),
              ("train", lambda: train_step(args.out, provider, args.cpu, left(0.1), None)),
              ("bench", lambda: bench_step(args.out, provider, shape, tile, until(1.0),
                                           1 if args.cpu else 2)),
