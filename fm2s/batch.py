@@ -523,8 +523,8 @@ def train_and_apply_many(collection: Collection, output: str | Path | None = Non
         return jobs.train_and_apply(m.source, out, recipe=recipe, microscope=microscope,
                                     device=device, seed=seed, train_planes=train_planes,
                                     resume=resume, command=command, progress=progress,
-                                    trained=pretrained.pop(m.name, None), **common,
-                                    **overrides)
+                                    trained=pretrained.pop(m.name, None), batched=batched,
+                                    **common, **overrides)
 
     shared = None
     if share_models:

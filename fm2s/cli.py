@@ -369,10 +369,10 @@ def train_and_apply_cmd(
         "from all of them (one training instead of one per image) and apply it to each.")
     ] = False,
     together: Annotated[bool | None, typer.Option(
-        "--train-together/--train-apart", help="Many images: train their models as "
-        "one batched program (each the model of its image alone, up to float rounding), or "
-        "one at a time. Default: together on CUDA, one at a time on a CPU (batching was "
-        "slower there when measured).", show_default=False)] = None,
+        "--train-together/--train-apart", help="Many images or channels: train their "
+        "models as one batched program (each the model it would be alone, up to float "
+        "rounding), or one at a time. Default: together on CUDA, one at a time on a CPU "
+        "(batching was slower there when measured).", show_default=False)] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
@@ -404,16 +404,12 @@ def train_and_apply_cmd(
     if share_models:
         raise ParameterError("share_models", None, "is for many images (a plate, a layout, "
                              "a folder): this input is one image")
-    if together is not None:
-        raise ParameterError("train_together" if together else "train_apart", None,
-                             "is for many images (a plate, a layout, a folder): this input "
-                             "is one image")
     typer.echo(format_run(train_and_apply(
         inputs[0], output, recipe=recipe.value, microscope=microscope.value, device=device.value,
         seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,
         dtype=dtype.value, save_model=save_model, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, views=views,
-        preview=preview, command=_command(), progress=_progress(quiet))))
+        preview=preview, batched=together, command=_command(), progress=_progress(quiet))))
 
 
 @app.command("apply")

@@ -447,6 +447,29 @@ def _trained(model, planes: list[int]) -> tuple[bytes, dict]:
         "batched": model.batched, "noise": model.noise_record()}}
 
 
+def _channels_together(image: Image, out: OutputImage, config, device: str,
+                       train_planes: int, batched: bool | None,
+                       progress: ProgressDisplay) -> dict | None:
+    """The models of a stack's channels not kept yet, trained as one batched program
+    where that is asked for or the device gains from it (else None: one at a time)."""
+    from .grouped import batching_pays
+    from .model import train_models
+    from .training import resolve_device
+
+    todo = [c for c in range(image.channels) if kept_model(out.models, c) is None]
+    if len(todo) < 2:
+        return None
+    if batched is None:
+        batched = batching_pays(resolve_device(device))
+    if not batched:
+        return None
+    read = [training_stack(image, c, train_planes) for c in todo]
+    models = train_models([stack for stack, _ in read], [config] * len(todo), device,
+                          batched=True, progress=progress.steps(
+                              f"training {len(todo)} channels at once"))
+    return {c: (model, index) for c, model, (_, index) in zip(todo, models, read)}
+
+
 def _json_or_none(text: str | None) -> dict | None:
     """A JSON metadata entry of a model (None when absent: a model of an older version)."""
     try:
@@ -465,7 +488,8 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     overwrite: bool = False, resume: bool = False, axes: str | None = None,
                     ngff: str | None = None, precision: str = "fp32", views: int | None = None,
                     command: str | None = None, progress: ProgressDisplay | None = None,
-                    trained: dict | None = None, **overrides) -> RunReport:
+                    trained: dict | None = None, batched: bool | None = None,
+                    **overrides) -> RunReport:
     """Train one model per channel on ``train_planes`` planes, then denoise every plane.
 
     Any input (OME-Zarr, zarr, TIFF stack, 2D PNG/TIFF); the output is an OME-Zarr, or a
@@ -484,7 +508,9 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     ``trained``: channel -> (:class:`fm2s.model.TrainedModel`, training plane indices) of
     models trained already on this image's :func:`training_stack` with this run's config
     (:func:`fm2s.batch.train_and_apply_many` trains many images' models at once); a
-    channel not in it trains here.
+    channel not in it trains here. ``batched``: the channels' models train as one batched
+    program (:func:`fm2s.model.train_models`, each the model of its channel alone up to
+    float rounding); None (default): where the device gains from it (CUDA).
     """
     try:
         from .model import train_model
@@ -519,6 +545,9 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
         with resumable(output):
             models, references, records, halos = [], [], [], []
             packages = bool(paths) and is_package(paths[0])
+            if trained is None:
+                trained = _channels_together(image, out, config, device, train_planes,
+                                             batched, progress)
             for c in range(image.channels):
                 stored = kept_model(out.models, c)
                 if stored is None:

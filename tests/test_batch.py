@@ -375,5 +375,3 @@ def test_models_of_many_images_trained_together(tmp_path):
         a = read_image(alone).astype(np.int64)
         b = read_image(tmp_path / "out" / f"cap_{i}.fm2s.png").astype(np.int64)
         assert np.abs(a - b).max() <= 2 and np.mean(a != b) < 0.01
-    res = _invoke("train-and-apply", src / "cap_0.png", "--train-together", "-q")
-    assert res.exit_code == 1 and "--train-together: is for many images" in res.output
