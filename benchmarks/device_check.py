@@ -396,7 +396,7 @@ def main() -> int:
 
     def env_and_search() -> None:
         env_step(args.out, env)
-        env["conv_search"] = conv_search_step(provider, until(0.12))
+        env["conv_search"] = conv_search_step(provider, until(0.15))
         write(args.out, "env.json", env)
 
     steps = [("env", env_and_search),
