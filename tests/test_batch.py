@@ -375,3 +375,18 @@ def test_models_of_many_images_trained_together(tmp_path):
         a = read_image(alone).astype(np.int64)
         b = read_image(tmp_path / "out" / f"cap_{i}.fm2s.png").astype(np.int64)
         assert np.abs(a - b).max() <= 2 and np.mean(a != b) < 0.01
+
+
+def test_models_trained_together_in_chunks(tmp_path, monkeypatch):
+    """At most MAX_MODELS models are read and trained at once: 3 images with a cap of 2
+    train as 2 + 1 (a model alone trains exactly as alone)."""
+    import fm2s.grouped
+
+    monkeypatch.setattr(fm2s.grouped, "MAX_MODELS", 2)
+    src = _folder(tmp_path / "caps")
+    report = train_and_apply_many(open_collection(str(src)), tmp_path / "out", device="cpu",
+                                  batched=True, **QUICK)
+    assert [r.report.channels[0].batched for r in report.rows] == [2, 2, 1]
+    alone = tmp_path / "alone.png"
+    train_and_apply(src / "cap_2.png", alone, device="cpu", **QUICK)
+    assert np.array_equal(read_image(alone), read_image(tmp_path / "out" / "cap_2.fm2s.png"))
