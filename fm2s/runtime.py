@@ -37,8 +37,10 @@ def conv_search(value: str | None = None) -> str:
     :data:`CONV_SEARCH_ENV`, else :data:`CUDA_OPTIONS`'s; checked."""
     chosen = value or os.environ.get(CONV_SEARCH_ENV) or CUDA_OPTIONS["cudnn_conv_algo_search"]
     if chosen.upper() not in CONV_SEARCHES:
-        name = "conv_search" if value else CONV_SEARCH_ENV
-        raise ParameterError(name, chosen, f"choose {', '.join(CONV_SEARCHES)}")
+        if value:
+            raise ParameterError("conv_search", chosen, f"choose {', '.join(CONV_SEARCHES)}")
+        raise FM2SError(f"the environment variable {CONV_SEARCH_ENV}={chosen!r} is not a cuDNN "
+                        f"algorithm search: set it to {', '.join(CONV_SEARCHES)}, or unset it")
     return chosen.upper()
 
 
