@@ -301,11 +301,18 @@ def _shared_models(opened: list[Image], folder: Path, recipe: str, microscope: s
 # the loop
 
 
+def _kept_models(out: Path) -> int:
+    """Models an unfinished image output keeps from an interrupted run."""
+    return len(list((work_path(out, out.suffix != "" and not out.name.endswith(".zarr"))
+                     / RUN_DIR / "models").glob("c*.onnx")))
+
+
 def _run(collection: Collection, output: str | Path | None, job: str,
          one: Callable[[Member, Path, bool, ProgressDisplay], jobs.RunReport],
          settings: dict, overwrite: bool, resume: bool, command: str | None,
          progress: ProgressDisplay | None,
          shared: Callable[[list[Image], Path], tuple[list[Path], list[dict], int]] | None = None,
+         prepare: Callable[[list[tuple[Member, Path]]], None] | None = None,
          ) -> BatchReport:
     start = time.perf_counter()
     progress = progress or ProgressDisplay(quiet=True)
@@ -351,6 +358,9 @@ def _run(collection: Collection, output: str | Path | None, job: str,
                 [opened[m.name] for m in collection.members], root / RUN_DIR / "models")
             models = paths
         n = len(collection.members)
+        if prepare is not None and models is None:  # the images this run will compute
+            prepare([(m, outputs[m.name]) for m in collection.members if m.name not in errors
+                     and not ((resume or continuing) and _image_complete(outputs[m.name]))])
         for i, m in enumerate(collection.members, 1):
             out = outputs[m.name]
             if m.name in errors:
@@ -362,8 +372,7 @@ def _run(collection: Collection, output: str | Path | None, job: str,
                 rows.append(ImageRow(m.name, str(out), "skipped", "complete before"))
                 continue
             progress.note(f"[{i}/{n}] {m.name} -> {out}")
-            kept = len(list((work_path(out, out.suffix != "" and not out.name.endswith(
-                ".zarr")) / RUN_DIR / "models").glob("c*.onnx")))
+            kept = _kept_models(out)
             t0 = time.perf_counter()
             try:
                 report = one(m, out, resume or continuing, progress) if models is None else \
@@ -387,7 +396,9 @@ def _run(collection: Collection, output: str | Path | None, job: str,
                 model = f"kept models reused ({kept})" if kept == channels else \
                     f"trained ({channels - kept}), kept ({kept})"
             else:
-                model = f"trained ({channels} channel(s))"
+                together = max((r.batched or 1) for r in report.channels)
+                model = (f"trained, {together} models at once" if together > 1
+                         else f"trained ({channels} channel(s))")
             if models is None and job == "train-and-apply":
                 trainings += channels - kept
             rows.append(ImageRow(m.name, str(out), "done", model, time.perf_counter() - t0,
@@ -423,6 +434,7 @@ def train_and_apply_many(collection: Collection, output: str | Path | None = Non
                          dtype: str | None = None, precision: str = "fp32",
                          views: int | None = None, axes: str | None = None,
                          ngff: str | None = None, share_models: bool = False,
+                         batched: bool | None = None,
                          overwrite: bool = False, resume: bool = False,
                          command: str | None = None, progress: ProgressDisplay | None = None,
                          **overrides) -> BatchReport:
@@ -436,11 +448,69 @@ def train_and_apply_many(collection: Collection, output: str | Path | None = Non
     listed one by one: each output beside its input). ``resume`` continues an unfinished
     output at the images not complete. An image that fails is reported in its row; the
     others are completed.
+
+    ``batched``: train the models of many images at once (:func:`fm2s.model.train_models`,
+    in chunks of at most :data:`fm2s.grouped.MAX_MODELS` models, batches capped by memory);
+    each is the model of that image alone up to floating-point rounding. None (default):
+    where the device gains from it (:func:`fm2s.grouped.batching_pays`: CUDA, not the
+    CPU), so on a CPU each image trains exactly as alone.
     """
     if views is not None:
         overrides["views"] = views
     common = _common(scheduler, workers, dtype, axes, ngff, precision, tile)
     jobs.training_planes(1, train_planes)
+    todo: list[tuple[Member, Path]] = []
+    pretrained: dict[str, dict[int, tuple]] = {}
+    looked_at: set[str] = set()  # images pretrain read (or failed to)
+
+    def prepare(members: list[tuple[Member, Path]]) -> None:
+        nonlocal batched
+        if batched is None:
+            try:
+                from .grouped import batching_pays
+                from .training import resolve_device
+            except ImportError:  # no torch: each job says so
+                batched = False
+                return
+            batched = batching_pays(resolve_device(device))
+        if batched:  # images with models kept by an interrupted run train in their job
+            todo.extend((m, out) for m, out in members if not _kept_models(out))
+
+    def pretrain(first: Member, progress: ProgressDisplay) -> None:
+        """Train the models of ``first`` and the images after it, up to MAX_MODELS."""
+        from .grouped import MAX_MODELS
+        from .model import train_models
+
+        start = next(i for i, (m, _) in enumerate(todo) if m.name == first.name)
+        stacks, configs, where = [], [], []
+        for m, _ in todo[start:]:
+            if len(stacks) >= MAX_MODELS:
+                break
+            if m.name in looked_at:
+                continue
+            looked_at.add(m.name)
+            try:
+                image = open_image(m.source, axes, ngff)
+                config = config_for(recipe, microscope, seed, image.planes_per_channel,
+                                    **overrides)
+                read = [jobs.training_stack(image, c, train_planes)
+                        for c in range(image.channels)]
+            except ParameterError:
+                raise
+            except FM2SError:  # its own job reports it
+                continue
+            for c, (stack, index) in enumerate(read):
+                stacks.append(stack)
+                configs.append(config)
+                where.append((m.name, c, index))
+            pretrained[m.name] = {}
+        if not stacks:
+            return
+        images = len({name for name, _, _ in where})
+        models = train_models(stacks, configs, device, batched=True, progress=progress.steps(
+            f"training {len(stacks)} models of {images} image(s) at once"))
+        for (name, c, index), model in zip(where, models):
+            pretrained[name][c] = (model, index)
 
     def one(m: Member, out: Path, resume: bool, progress: ProgressDisplay,
             models: list[Path] | None = None) -> jobs.RunReport:
@@ -448,9 +518,12 @@ def train_and_apply_many(collection: Collection, output: str | Path | None = Non
             provider = "cpu" if device == "cpu" and precision == "fp32" else "auto"
             return jobs.apply(",".join(map(str, models)), m.source, out, provider=provider,
                               resume=resume, command=command, progress=progress, **common)
+        if m.name not in looked_at and any(t.name == m.name for t, _ in todo):
+            pretrain(m, progress)
         return jobs.train_and_apply(m.source, out, recipe=recipe, microscope=microscope,
                                     device=device, seed=seed, train_planes=train_planes,
                                     resume=resume, command=command, progress=progress,
+                                    trained=pretrained.pop(m.name, None), batched=batched,
                                     **common, **overrides)
 
     shared = None
@@ -464,7 +537,7 @@ def train_and_apply_many(collection: Collection, output: str | Path | None = Non
                 "seed": seed, "train_planes": train_planes, "overrides": overrides,
                 "share_models": share_models}
     return _run(collection, output, "train-and-apply", one, settings, overwrite, resume,
-                command, progress, shared)
+                command, progress, shared, prepare)
 
 
 def apply_many(model: str | Path, collection: Collection, output: str | Path | None = None,

@@ -29,7 +29,16 @@ from ._version import __version__
 from .errors import FM2SError, ParameterError
 from .pixels import MIN_SIDE
 from .recipes import DEFAULT_MICROSCOPE, DEFAULT_RECIPE, default_tile, make_config
-from .runtime import PRECISIONS, PROVIDERS, OnnxDenoiser, _ort, check_precision
+from .runtime import (
+    CONV_SEARCH_ENV,
+    CUDA_OPTIONS,
+    PRECISIONS,
+    PROVIDERS,
+    OnnxDenoiser,
+    _ort,
+    check_precision,
+    conv_search,
+)
 
 MODES = ("session", "session-iobinding", "pipeline", "torch")
 #: the pipeline's default volume (T, Z, Y, X): tens of seconds on two CPU cores
@@ -67,6 +76,10 @@ class BenchConfig:
         (throughput does not depend on the weights; needs torch).
     recipe, seed
         Network of the untrained model, and the seed of weights and data.
+    conv_search
+        The CUDA provider's cuDNN convolution algorithm search
+        (:data:`fm2s.runtime.CONV_SEARCHES`; None: the default, or
+        :data:`fm2s.runtime.CONV_SEARCH_ENV`), in every CUDA session of the run.
     """
 
     providers: tuple[str, ...] = ()
@@ -79,8 +92,11 @@ class BenchConfig:
     model: str | None = None
     recipe: str = DEFAULT_RECIPE
     seed: int = 0
+    conv_search: str | None = None
 
     def __post_init__(self) -> None:
+        if self.conv_search is not None:
+            conv_search(self.conv_search)
         available = _ort().get_available_providers()
         for p in self.providers:
             if p not in PROVIDERS:
@@ -279,7 +295,14 @@ def _measure(mode: str, provider: str, precision: str, model: bytes, cfg: BenchC
              volume: str | None) -> dict:
     """One measurement, in its own process."""
     tile = cfg.tile or default_tile(provider)
-    record = {"provider": provider, "precision": precision, "mode": mode, "tile": tile}
+    if cfg.conv_search:  # this process's sessions, the pipeline's included
+        os.environ[CONV_SEARCH_ENV] = cfg.conv_search
+    # the options in force, read back from a session (onnxruntime may change some); the
+    # session is gone before anything is measured
+    options = OnnxDenoiser(model, provider=provider, precision=precision,
+                           verify=False).provider_options
+    record = {"provider": provider, "precision": precision, "mode": mode, "tile": tile,
+              "provider_options": options, "tf32": tf32_of(provider)}
     if mode in ("session", "session-iobinding"):
         runtime = OnnxDenoiser(model, provider=provider, precision=precision)
         x = _tile_input(tile, cfg.seed)
@@ -312,9 +335,19 @@ def _measure(mode: str, provider: str, precision: str, model: bytes, cfg: BenchC
     return record
 
 
+def tf32_of(provider: str) -> bool:
+    """Whether convolutions run in TF32 on ``provider``: the CUDA provider's ``use_tf32``
+    (torch, in ``bench``, is set to the same)."""
+    return provider == "cuda" and CUDA_OPTIONS["use_tf32"] == "1"
+
+
 def _torch_rates(model: bytes, provider: str, precision: str, cfg: BenchConfig,
                  tile: int) -> list[float]:
     import torch
+
+    # the same arithmetic as the onnxruntime session: TF32 as its use_tf32 (torch allows
+    # TF32 in cuDNN convolutions by default)
+    torch.backends.cudnn.allow_tf32 = tf32_of(provider)
 
     from .export import Denoiser
 

@@ -368,6 +368,11 @@ def train_and_apply_cmd(
         "--share-models", help="Many images: train one model per channel on planes drawn "
         "from all of them (one training instead of one per image) and apply it to each.")
     ] = False,
+    together: Annotated[bool | None, typer.Option(
+        "--train-together/--train-apart", help="Many images or channels: train their "
+        "models as one batched program (each the model it would be alone, up to float "
+        "rounding), or one at a time. Default: together on CUDA, one at a time on a CPU "
+        "(batching was slower there when measured).", show_default=False)] = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
@@ -390,7 +395,7 @@ def train_and_apply_cmd(
             device=device.value, seed=seed, train_planes=train_planes, tile=tile,
             workers=workers, scheduler=scheduler, dtype=dtype.value, axes=axes,
             ngff=ngff.value if ngff else None, precision=precision.value, views=views,
-            share_models=share_models, overwrite=overwrite, resume=resume,
+            share_models=share_models, batched=together, overwrite=overwrite, resume=resume,
             command=_command(), progress=_progress(quiet))
         typer.echo(format_batch(report))
         if report.problem():
@@ -404,7 +409,7 @@ def train_and_apply_cmd(
         seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,
         dtype=dtype.value, save_model=save_model, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, views=views,
-        preview=preview, command=_command(), progress=_progress(quiet))))
+        preview=preview, batched=together, command=_command(), progress=_progress(quiet))))
 
 
 @app.command("apply")
@@ -485,6 +490,9 @@ def format_bench(report) -> str:
             note.append("volume " + "x".join(map(str, r["shape"])))
         if r.get("workers"):
             note.append(f"{r['workers']} workers (peak {r.get('worker_peak_rss_mb', 0):.0f} MB)")
+        if r["provider"] == "cuda":
+            search = (r.get("provider_options") or {}).get("cudnn_conv_algo_search", "?")
+            note.append(f"conv search {search}, TF32 {'on' if r.get('tf32') else 'off'}")
         gpu = f"{r['gpu_memory_mb']:.0f}" if r.get("gpu_memory_mb") else "-"
         lines.append(f"{r['provider']:<9}{r['precision']:<10}{r['mode']:<19}"
                      f"{r['mvox_s']:>10.2f}{r['peak_rss_mb']:>13.0f}{gpu:>9}  {', '.join(note)}")
@@ -516,6 +524,10 @@ def bench_cmd(
         "--json", help="Also write the records as JSON here.", show_default=False)] = None,
     plot_path: Annotated[Path | None, typer.Option(
         "--plot", help="Also write a bar chart (PNG) here.", show_default=False)] = None,
+    conv_search: Annotated[str | None, typer.Option(
+        help="CUDA: cuDNN's convolution algorithm search, DEFAULT (the default, cuDNN's "
+        "fallback mode), HEURISTIC or EXHAUSTIVE (opt-in, not yet measured on a GPU).",
+        show_default=False)] = None,
     quiet: Quiet = False,
 ) -> None:
     """Measure throughput (Mvoxel/s) per provider and precision: the bare onnxruntime session,
@@ -525,7 +537,7 @@ def bench_cmd(
     config = BenchConfig(
         providers=_csv(providers or ""), precisions=_csv(precision),
         shape=_ints(shape, "shape"), tile=tile, workers=workers, repeats=repeats,
-        modes=_csv(modes), model=str(model) if model else None)
+        modes=_csv(modes), model=str(model) if model else None, conv_search=conv_search)
     for path, suffix in ((json_path, ".json"), (plot_path, ".png")):
         if path is not None and (path.suffix.lower() != suffix or not path.absolute().parent
                                  .is_dir()):

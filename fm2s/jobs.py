@@ -49,7 +49,7 @@ from .runs import (
     work_path,
     write_atomic,
 )
-from .runtime import OnnxDenoiser, check_precision, resolve_provider
+from .runtime import OnnxDenoiser, check_precision, resolve_provider, shared_denoiser
 from .tiling import (
     denoise_array,
     pending_blocks,
@@ -67,6 +67,8 @@ class ChannelReport:
 
     ``data_range`` is the channel's [min, max]; ``model_range`` the range the model was
     trained on; ``mapped_planes`` of ``planes`` lay outside it and were mapped into it.
+    ``batched``: the models trained in one program with this one (1: alone; None: a saved
+    model).
     """
 
     channel: int
@@ -85,6 +87,7 @@ class ChannelReport:
     train_seconds: float | None = None
     device: str | None = None
     noise: dict | None = None
+    batched: int | None = None
 
     def record(self) -> dict:
         """The channel's entry in the output's provenance."""
@@ -150,6 +153,14 @@ def training_planes(n_planes: int, k: int) -> list[int]:
         return list(range(n_planes))
     return sorted({round(i * (n_planes - 1) / (k - 1)) for i in range(k)} if k > 1
                   else {(n_planes - 1) // 2})
+
+
+def training_stack(image: Image, channel: int, train_planes: int) -> tuple[np.ndarray, list[int]]:
+    """The planes a channel's model trains on (read into memory) and their indices."""
+    planes = image.channel_planes(channel)
+    index = training_planes(planes.shape[0], train_planes)
+    with dask.config.set(scheduler="threads"):
+        return np.asarray(planes[index].compute()), index
 
 
 def model_paths(save_model: str | Path | None, channels: int, overwrite: bool) -> list[Path]:
@@ -337,8 +348,13 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
         run.run(tasks, progress.tasks(f"pyramid level {level}", [1] * len(tasks),
                                       [sizes[i] for i in blocks], unit="chunks"))
     seconds = time.perf_counter() - start
+    extra = {}
+    if resolve_provider(provider) == "cuda":  # the options in force, as onnxruntime says
+        extra["provider_options"] = shared_denoiser(models[0], provider,
+                                                    precision).provider_options
     out.commit({**provenance, "tile": tile, "halo": halo, "dtype": str(out.dtype),
-                "scheduler": run.describe(), "provider": provider, "precision": precision})
+                "scheduler": run.describe(), "provider": provider, "precision": precision,
+                **extra})
     return sum(tiles), sum(voxels), seconds
 
 
@@ -428,7 +444,30 @@ def _trained(model, planes: list[int]) -> tuple[bytes, dict]:
                           "scale": model.normalization.scale},
         "training_planes": planes, "steps": config.total_steps,
         "train_seconds": round(model.seconds, 3), "device": model.device,
-        "noise": model.noise_record()}}
+        "batched": model.batched, "noise": model.noise_record()}}
+
+
+def _channels_together(image: Image, out: OutputImage, config, device: str,
+                       train_planes: int, batched: bool | None,
+                       progress: ProgressDisplay) -> dict | None:
+    """The models of a stack's channels not kept yet, trained as one batched program
+    where that is asked for or the device gains from it (else None: one at a time)."""
+    from .grouped import batching_pays
+    from .model import train_models
+    from .training import resolve_device
+
+    todo = [c for c in range(image.channels) if kept_model(out.models, c) is None]
+    if len(todo) < 2:
+        return None
+    if batched is None:
+        batched = batching_pays(resolve_device(device))
+    if not batched:
+        return None
+    read = [training_stack(image, c, train_planes) for c in todo]
+    models = train_models([stack for stack, _ in read], [config] * len(todo), device,
+                          batched=True, progress=progress.steps(
+                              f"training {len(todo)} channels at once"))
+    return {c: (model, index) for c, model, (_, index) in zip(todo, models, read)}
 
 
 def _json_or_none(text: str | None) -> dict | None:
@@ -449,6 +488,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     overwrite: bool = False, resume: bool = False, axes: str | None = None,
                     ngff: str | None = None, precision: str = "fp32", views: int | None = None,
                     command: str | None = None, progress: ProgressDisplay | None = None,
+                    trained: dict | None = None, batched: bool | None = None,
                     **overrides) -> RunReport:
     """Train one model per channel on ``train_planes`` planes, then denoise every plane.
 
@@ -464,6 +504,13 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     The output is written in place and marked unfinished until complete; an interrupted
     run is continued with ``resume=True`` (same input and settings): the models it trained
     are reused and no chunk it wrote is computed again.
+
+    ``trained``: channel -> (:class:`fm2s.model.TrainedModel`, training plane indices) of
+    models trained already on this image's :func:`training_stack` with this run's config
+    (:func:`fm2s.batch.train_and_apply_many` trains many images' models at once); a
+    channel not in it trains here. ``batched``: the channels' models train as one batched
+    program (:func:`fm2s.model.train_models`, each the model of its channel alone up to
+    float rounding); None (default): where the device gains from it (CUDA).
     """
     try:
         from .model import train_model
@@ -498,15 +545,20 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
         with resumable(output):
             models, references, records, halos = [], [], [], []
             packages = bool(paths) and is_package(paths[0])
+            if trained is None:
+                trained = _channels_together(image, out, config, device, train_planes,
+                                             batched, progress)
             for c in range(image.channels):
                 stored = kept_model(out.models, c)
                 if stored is None:
-                    planes = image.channel_planes(c)
-                    index = training_planes(planes.shape[0], train_planes)
-                    with dask.config.set(scheduler="threads"):
-                        stack = np.asarray(planes[index].compute())
-                    model = train_model(stack, config, device, progress.steps(
-                        f"training channel {c} ({len(index)} planes)"))
+                    if trained is not None and c in trained:  # trained with other models
+                        model, index = trained[c]
+                        stack = (training_stack(image, c, train_planes)[0] if packages
+                                 else None)
+                    else:
+                        stack, index = training_stack(image, c, train_planes)
+                        model = train_model(stack, config, device, progress.steps(
+                            f"training channel {c} ({len(index)} planes)"))
                     stored = _trained(model, index)
                     if packages:
                         write_atomic(out.models / f"c{c}.zip", build_package(

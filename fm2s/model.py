@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +50,9 @@ class TrainedModel:
         The noise measured on the training planes (``--microscope auto``), else None.
     selection
         What ``compare`` compared and chose (:mod:`fm2s.selection`), else None.
+    batched
+        Models trained in the same batched program (:mod:`fm2s.grouped`), this one
+        included; 1: trained alone.
     """
 
     net: FM2SNet
@@ -60,6 +63,7 @@ class TrainedModel:
     device: str
     estimate: NoiseEstimate | None = None
     selection: Selection | None = None
+    batched: int = 1
 
     def noise_record(self) -> dict | None:
         """What ``auto`` measured and chose (None for a named preset)."""
@@ -121,6 +125,21 @@ class TrainedModel:
         return path
 
 
+def _prepared(planes: np.ndarray, config: TrainConfig):
+    """Checks, normalization and (``auto``) the noise measured: what a training needs."""
+    planes = np.asarray(planes)
+    if planes.ndim not in (2, 3) or planes.size == 0:
+        raise FM2SError(f"expected a 2D image or a (K, H, W) stack of planes, got shape "
+                        f"{planes.shape}")
+    check_plane_shape(planes.shape, "the image")
+    check_pixel_type(planes.dtype, "the image")
+    stats = stack_stats(planes)
+    if not np.all(np.isfinite(stats)):
+        raise FM2SError("the image holds NaN or infinite pixels: replace them before denoising")
+    normalization = fit_normalization(planes, config.normalization)
+    return planes, stats, normalization
+
+
 def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
                 progress: Callable[[int, int], None] | None = None) -> TrainedModel:
     """Train FM2S on a 2D image or a (K, H, W) stack of planes of one channel.
@@ -141,17 +160,8 @@ def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
     -------
     TrainedModel
     """
-    planes = np.asarray(planes)
-    if planes.ndim not in (2, 3) or planes.size == 0:
-        raise FM2SError(f"expected a 2D image or a (K, H, W) stack of planes, got shape "
-                        f"{planes.shape}")
-    check_plane_shape(planes.shape, "the image")
-    check_pixel_type(planes.dtype, "the image")
-    stats = stack_stats(planes)
-    if not np.all(np.isfinite(stats)):
-        raise FM2SError("the image holds NaN or infinite pixels: replace them before denoising")
+    planes, stats, normalization = _prepared(planes, config)
     torch_device = resolve_device(device)
-    normalization = fit_normalization(planes, config.normalization)
     start = time.perf_counter()
     normalized = normalization.forward(planes)
     estimate = selection = None
@@ -167,6 +177,80 @@ def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
         net = train_network(normalized, config, torch_device, progress)
     return TrainedModel(net, normalization, config, (float(stats[2]), float(stats[3])),
                         time.perf_counter() - start, str(torch_device), estimate, selection)
+
+
+def train_models(stacks: Sequence[np.ndarray], configs: Sequence[TrainConfig],
+                 device: str = "auto", batched: bool | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> list[TrainedModel]:
+    """Train one model per stack, many at once where the device gains from it.
+
+    Each model is the one :func:`train_model` trains on its stack with its config (its
+    own seed), up to floating-point rounding where models are batched
+    (:mod:`fm2s.grouped`: models of one network shape, batch shape and schedule, as many as
+    memory allows); a model that shares its program with no other, and every model when
+    not batched, is trained exactly as :func:`train_model` does. ``compare`` configs are
+    trained one at a time.
+
+    Parameters
+    ----------
+    stacks, configs
+        One 2D image or (K, H, W) stack and one config per model.
+    device
+        ``auto``, ``cpu`` or ``cuda``.
+    batched
+        Batch the models; None (default): where it is measured faster
+        (:func:`fm2s.grouped.batching_pays`: CUDA).
+    progress
+        ``progress(step, total)`` of each batched program (or model) in turn.
+
+    Returns
+    -------
+    list[TrainedModel]
+        In the order of ``stacks``; :attr:`TrainedModel.batched` says how many models
+        shared each one's program.
+    """
+    from .grouped import batching_pays, groups, train_grouped
+    from .training import Sampler
+
+    if len(stacks) != len(configs):
+        raise ValueError("train_models takes one config per stack")
+    torch_device = resolve_device(device)
+    if batched is None:
+        batched = batching_pays(torch_device)
+    if not batched:
+        return [train_model(s, c, device, progress) for s, c in zip(stacks, configs)]
+    results: list[TrainedModel | None] = [None] * len(stacks)
+    pending = []  # (index, normalization, stats, config, estimate, normalized, seconds)
+    for i, (stack, config) in enumerate(zip(stacks, configs)):
+        if config.microscope == "compare" and not config.calibrated:
+            results[i] = train_model(stack, config, device, progress)
+            continue
+        planes, stats, normalization = _prepared(stack, config)
+        start = time.perf_counter()
+        normalized = normalization.forward(planes)
+        estimate = None
+        if not config.calibrated:
+            estimate = estimate_noise(normalized)
+            config = calibrated_config(config, estimate, planes.shape[-2:])
+        pending.append((i, normalization, stats, config, estimate, normalized,
+                        time.perf_counter() - start))
+    samplers = [Sampler(p[5], p[3], torch_device) for p in pending]
+    for group in groups(samplers):
+        start = time.perf_counter()
+        if len(group) == 1:  # alone: exactly train_network's model
+            (k,) = group
+            nets = [train_network(pending[k][5], pending[k][3], torch_device, progress)]
+        else:
+            nets = train_grouped([samplers[k] for k in group], progress)
+        seconds = time.perf_counter() - start
+        for k, net in zip(group, nets):
+            i, normalization, stats, config, estimate, _, prepared = pending[k]
+            results[i] = TrainedModel(net, normalization, config,
+                                      (float(stats[2]), float(stats[3])), prepared + seconds,
+                                      str(torch_device), estimate, batched=len(group))
+        for k in group:  # free the group's images on the device
+            samplers[k] = None
+    return [r for r in results if r is not None]
 
 
 def select_and_train(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -16,9 +17,36 @@ from .errors import FM2SError, ParameterError
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 PRECISIONS = ("fp32", "fp16")
 #: CUDA provider options: full float32 convolutions (TF32 would make tiles differ from
-#: whole planes) and cuDNN's heuristic algorithm choice (the exhaustive search times
-#: candidates, so two runs or two tile shapes could get different algorithms)
+#: whole planes) and cuDNN's convolution algorithm search DEFAULT. In onnxruntime's CUDA
+#: provider (Conv::UpdateState) DEFAULT selects cuDNN's *fallback* heuristic mode (engines
+#: guaranteed to work, not ranked by speed; the log says "running in Fallback mode"),
+#: HEURISTIC cuDNN's heuristic mode A (what torch uses), EXHAUSTIVE mode B. DEFAULT stays
+#: the default until the others are measured on a GPU (benchmarks/device_check.py measures
+#: all three): HEURISTIC and EXHAUSTIVE are opt-in (:data:`CONV_SEARCH_ENV`,
+#: ``OnnxDenoiser(conv_search=...)``, ``fm2s-tile bench --conv-search``).
 CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "DEFAULT"}
+#: the values of the CUDA provider's ``cudnn_conv_algo_search``
+CONV_SEARCHES = ("DEFAULT", "HEURISTIC", "EXHAUSTIVE")
+#: environment variable choosing ``cudnn_conv_algo_search`` for every CUDA session of a
+#: process and of the dask workers it starts (opt-in; unset: :data:`CUDA_OPTIONS`'s)
+CONV_SEARCH_ENV = "FM2S_CUDA_CONV_SEARCH"
+
+
+def conv_search(value: str | None = None) -> str:
+    """The cuDNN convolution algorithm search a CUDA session gets: ``value``, else
+    :data:`CONV_SEARCH_ENV`, else :data:`CUDA_OPTIONS`'s; checked."""
+    chosen = value or os.environ.get(CONV_SEARCH_ENV) or CUDA_OPTIONS["cudnn_conv_algo_search"]
+    if chosen.upper() not in CONV_SEARCHES:
+        if value:
+            raise ParameterError("conv_search", chosen, f"choose {', '.join(CONV_SEARCHES)}")
+        raise FM2SError(f"the environment variable {CONV_SEARCH_ENV}={chosen!r} is not a cuDNN "
+                        f"algorithm search: set it to {', '.join(CONV_SEARCHES)}, or unset it")
+    return chosen.upper()
+
+
+def cuda_options(search: str | None = None) -> dict[str, str]:
+    """The CUDA provider options a session is given (see :data:`CUDA_OPTIONS`)."""
+    return {**CUDA_OPTIONS, "cudnn_conv_algo_search": conv_search(search)}
 
 
 def _ort():
@@ -30,11 +58,12 @@ def _ort():
     return onnxruntime
 
 
-def choose_providers(provider: str = "auto") -> list[str]:
+def choose_providers(provider: str = "auto", search: str | None = None) -> list:
     """onnxruntime execution providers for ``auto``, ``cpu`` or ``cuda``.
 
     ``auto`` takes CUDA when this onnxruntime build offers it, else the CPU.
-    ``cuda`` fails with a clear message when the build has no CUDA provider.
+    ``cuda`` fails with a clear message when the build has no CUDA provider. ``search``:
+    the CUDA provider's cuDNN algorithm search (:func:`conv_search`).
     """
     available = _ort().get_available_providers()
     if provider == "auto":
@@ -50,7 +79,7 @@ def choose_providers(provider: str = "auto") -> list[str]:
             import torch  # noqa: F401
         except ImportError:  # pragma: no cover
             pass
-        return [(PROVIDERS["cuda"], dict(CUDA_OPTIONS)), PROVIDERS["cpu"]]
+        return [(PROVIDERS["cuda"], cuda_options(search)), PROVIDERS["cpu"]]
     return [PROVIDERS["cpu"]]
 
 
@@ -271,6 +300,9 @@ class OnnxDenoiser:
         inputs and outputs are checked in any case.
     name
         How messages name model bytes (default "the model"), e.g. the package they came from.
+    conv_search
+        The CUDA provider's cuDNN convolution algorithm search (:func:`conv_search`; None:
+        :data:`CONV_SEARCH_ENV` or the default). Ignored on the CPU.
 
     Raises
     ------
@@ -281,7 +313,8 @@ class OnnxDenoiser:
     """
 
     def __init__(self, model: str | Path | bytes, provider: str = "auto", threads: int = 0,
-                 precision: str = "fp32", verify: bool = True, name: str | None = None) -> None:
+                 precision: str = "fp32", verify: bool = True, name: str | None = None,
+                 conv_search: str | None = None) -> None:
         ort = _ort()
         if isinstance(model, (str, Path)):
             path = Path(model)
@@ -297,7 +330,7 @@ class OnnxDenoiser:
         if threads:
             options.inter_op_num_threads = 1
         check_precision(precision, provider)
-        providers = choose_providers(provider)
+        providers = choose_providers(provider, conv_search)
         self.precision = precision
         try:
             run_data = half_precision(data) if precision == "fp16" else data
@@ -352,6 +385,12 @@ class OnnxDenoiser:
     def provider(self) -> str:
         """The execution provider the session runs on."""
         return self.session.get_providers()[0]
+
+    @property
+    def provider_options(self) -> dict[str, str]:
+        """The options of the provider the session runs on, as onnxruntime reports them in
+        force (``session.get_provider_options()``), e.g. ``cudnn_conv_algo_search``."""
+        return dict(self.session.get_provider_options().get(self.provider, {}))
 
     @property
     def config(self) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,33 +25,72 @@ import dask.array as da
 import numpy as np
 
 from .normalize import PERCENTILES, percentiles, range_map, subsample_step
-from .pixels import cast_like
+from .pixels import MIN_SIDE, cast_like
 from .recipes import DEFAULT_TILE, WRITE_CHUNK
 from .runs import Done
 from .runtime import shared_denoiser
 
+#: environment variable: "1" sends every tile of a block at one shape (opt-in, for the CUDA
+#: provider, whose cuDNN plans are made per input shape; not yet measured on a GPU)
+UNIFORM_TILES_ENV = "FM2S_UNIFORM_TILES"
+
+
+def min_window(tile: int, halo: int) -> int:
+    """The halo-padded minimum: the narrowest side of an array :func:`tiled` sends (unless
+    the whole extent is narrower): a core of ``max(halo, MIN_SIDE)`` pixels (at most the
+    tile) with its halo on both sides."""
+    return 2 * halo + min(tile, max(halo, MIN_SIDE))
+
+
+def windows(start: int, stop: int, n: int, tile: int, halo: int,
+            uniform: bool = False) -> list[tuple[int, int, int, int]]:
+    """Along one axis of length ``n``: the tiles of :func:`tiled` that compute
+    [start, stop), as (window start, window end, computed start, computed end).
+
+    Computed parts are ``tile`` pixels (the last one what is left); a window is its
+    computed part and ``halo`` pixels either side, within [0, n). A window narrower than
+    :func:`min_window` (a sliver left at the end) is widened inward over pixels that exist
+    (it reads more context, computes the same pixels), so every window is at least
+    ``min(n, min_window(tile, halo))``; with ``uniform``, every window is widened to
+    ``min(n, tile + 2 * halo)``: one shape. Widening moves no computed pixel nearer than
+    ``halo`` to a cut edge, so results stay those of the whole plane.
+    """
+    width = min(n, tile + 2 * halo if uniform else min_window(tile, halo))
+    out = []
+    for v0 in range(start, stop, tile):
+        v1 = min(v0 + tile, stop)
+        a, b = max(v0 - halo, 0), min(v1 + halo, n)
+        if b - a < width:  # widen inward: to the right at the start, else to the left
+            if a == 0:
+                b = width
+            else:
+                a = max(b - width, 0)
+                b = max(b, a + width)
+        out.append((a, b, v0, v1))
+    return out
+
 
 def tiled(plane: np.ndarray, run: Callable[[np.ndarray], np.ndarray], tile: int,
-          halo: int, skip: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
-          ) -> np.ndarray:
+          halo: int, skip: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0)),
+          uniform: bool = False) -> np.ndarray:
     """Apply ``run`` to an (..., H, W) array in tiles of ``tile`` pixels with ``halo`` context.
 
     ``run`` maps an (N, h, w) float32 array to an array of the same shape and looks at
     most ``halo`` pixels away; the result equals ``run`` on the whole array. ``skip``:
     ((top, bottom), (left, right)) margins that are context only: their pixels are read
-    but not computed (left 0 in the result).
+    but not computed (left 0 in the result). No array narrower than
+    :func:`min_window` is sent (unless the plane is); ``uniform``: every array sent has one
+    shape (see :func:`windows`).
     """
     shape = plane.shape
     h, w = shape[-2:]
     flat = np.ascontiguousarray(plane.reshape((-1, h, w)), dtype=np.float32)
     out = np.zeros(flat.shape, np.float32)
     (top, bottom), (left, right) = skip
-    for y in range(top, h - bottom, tile):
-        for x in range(left, w - right, tile):
-            y0, y1 = max(y - halo, 0), min(y + tile + halo, h)
-            x0, x1 = max(x - halo, 0), min(x + tile + halo, w)
-            ye, xe = min(y + tile, h - bottom), min(x + tile, w - right)
-            y1, x1 = min(y1, ye + halo), min(x1, xe + halo)
+    rows = windows(top, h - bottom, h, tile, halo, uniform)
+    cols = windows(left, w - right, w, tile, halo, uniform)
+    for y0, y1, y, ye in rows:
+        for x0, x1, x, xe in cols:
             res = run(np.ascontiguousarray(flat[:, y0:y1, x0:x1]))
             out[:, y:ye, x:xe] = res[:, y - y0:ye - y0, x - x0:xe - x0]
     return out.reshape(shape)
@@ -127,13 +167,14 @@ def _halo_margins(block_info: dict, halo: int) -> tuple[tuple[int, int], ...]:
 
 def _denoise_block(block: np.ndarray, models: tuple[bytes, ...], provider: str, tile: int,
                    halo: int, out_dtype: np.dtype, c_axis: int | None, maps: np.ndarray | None,
-                   precision: str = "fp32", block_info: dict | None = None) -> np.ndarray:
+                   precision: str = "fp32", uniform: bool = False,
+                   block_info: dict | None = None) -> np.ndarray:
     where = block_info[None]["chunk-location"]
     channel = where[c_axis] if c_axis is not None else 0
     model = shared_denoiser(models[channel if len(models) > 1 else 0], provider, precision)
     skip = _halo_margins(block_info, halo)  # map_overlap trims these: not computed
     if maps is None:
-        return cast_like(tiled(block, model, tile, halo, skip), out_dtype)
+        return cast_like(tiled(block, model, tile, halo, skip, uniform), out_dtype)
     a, b, lo, hi = maps[tuple(where[:-2])]
     clamp = (lo, hi)
 
@@ -141,17 +182,17 @@ def _denoise_block(block: np.ndarray, models: tuple[bytes, ...], provider: str, 
         return model(x, clamp)
 
     if a == 1.0 and b == 0.0:
-        return cast_like(tiled(block, run, tile, halo, skip), out_dtype)
+        return cast_like(tiled(block, run, tile, halo, skip, uniform), out_dtype)
     a, b = np.float32(a), np.float32(b)
     mapped = block.astype(np.float32) * a + b
-    return cast_like((tiled(mapped, run, tile, halo, skip) - b) / a, out_dtype)
+    return cast_like((tiled(mapped, run, tile, halo, skip, uniform) - b) / a, out_dtype)
 
 
 def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int = DEFAULT_TILE,
                   c_axis: int | None = None, dtype: np.dtype | None = None,
                   provider: str = "cpu", chunk: int = WRITE_CHUNK,
                   maps: np.ndarray | None = None, precision: str = "fp32",
-                  block: int = BLOCK_SIDE) -> da.Array:
+                  block: int = BLOCK_SIDE, uniform: bool | None = None) -> da.Array:
     """Lazily denoise every YX plane of ``data`` with ONNX models, tile by tile.
 
     Parameters
@@ -177,6 +218,10 @@ def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int 
         (:func:`plane_maps`): the plane goes into the model as ``a * x + b``, its output
         is clamped to [low, high] and comes back as ``(y - b) / a``. None: every plane
         as it is, with the model's own clamp.
+    uniform
+        Send every tile of a block at one shape (:func:`windows`; opt-in, for the CUDA
+        provider's per-shape cuDNN plans; the result is the same). None: as the
+        environment variable :data:`UNIFORM_TILES_ENV` says (``1``: on).
 
     Returns
     -------
@@ -190,12 +235,15 @@ def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int 
     if maps is not None and maps.shape != data.shape[:-2] + (4,):
         raise ValueError(f"maps of shape {maps.shape} do not fit data of shape {data.shape}")
     dtype = np.dtype(dtype or data.dtype)
+    if uniform is None:
+        uniform = os.environ.get(UNIFORM_TILES_ENV) == "1"
     data = data.rechunk(block_chunks(data.shape, tile, halo, chunk, block))
     depth = {data.ndim - 2: halo, data.ndim - 1: halo}
     return data.map_overlap(
         _denoise_block, depth=depth, boundary="none", allow_rechunk=False, dtype=dtype,
         meta=np.empty((0,) * data.ndim, dtype), models=tuple(models), provider=provider,
-        tile=tile, halo=halo, out_dtype=dtype, c_axis=c_axis, maps=maps, precision=precision)
+        tile=tile, halo=halo, out_dtype=dtype, c_axis=c_axis, maps=maps, precision=precision,
+        uniform=uniform)
 
 
 def block_regions(array: da.Array) -> list[tuple[slice, ...]]:

@@ -353,3 +353,40 @@ def test_a_plate_over_http_is_listed_from_its_metadata(tmp_path, http_server, qu
     single = tmp_path / "single.ome.zarr"
     apply(quick_model, root / "plate.ome.zarr/A/2/1", single)
     assert _chunks(single) == _chunks(out / "A/2/1")
+
+
+def test_models_of_many_images_trained_together(tmp_path):
+    """batched=True (CUDA's default; on a CPU opt-in: one at a time is faster there): one
+    program for the 3 images' models, each output that of its image alone up to float
+    rounding, each row and channel report saying so; a broken image fails in its own row."""
+    from fm2s.cli import format_batch
+
+    src = _folder(tmp_path / "caps")
+    (src / "cap_9.png").write_bytes(b"not a png")
+    report = train_and_apply_many(open_collection(str(src)), tmp_path / "out", device="cpu",
+                                  batched=True, **QUICK)
+    assert [r.status for r in report.rows] == ["done", "done", "done", "failed"]
+    assert format_batch(report).count("trained, 3 models at once") == 3
+    assert [r.report.channels[0].batched for r in report.rows[:3]] == [3, 3, 3]
+    for i in range(3):
+        alone = tmp_path / f"alone{i}.png"
+        single = train_and_apply(src / f"cap_{i}.png", alone, device="cpu", **QUICK)
+        assert single.channels[0].batched == 1
+        a = read_image(alone).astype(np.int64)
+        b = read_image(tmp_path / "out" / f"cap_{i}.fm2s.png").astype(np.int64)
+        assert np.abs(a - b).max() <= 2 and np.mean(a != b) < 0.01
+
+
+def test_models_trained_together_in_chunks(tmp_path, monkeypatch):
+    """At most MAX_MODELS models are read and trained at once: 3 images with a cap of 2
+    train as 2 + 1 (a model alone trains exactly as alone)."""
+    import fm2s.grouped
+
+    monkeypatch.setattr(fm2s.grouped, "MAX_MODELS", 2)
+    src = _folder(tmp_path / "caps")
+    report = train_and_apply_many(open_collection(str(src)), tmp_path / "out", device="cpu",
+                                  batched=True, **QUICK)
+    assert [r.report.channels[0].batched for r in report.rows] == [2, 2, 1]
+    alone = tmp_path / "alone.png"
+    train_and_apply(src / "cap_2.png", alone, device="cpu", **QUICK)
+    assert np.array_equal(read_image(alone), read_image(tmp_path / "out" / "cap_2.fm2s.png"))

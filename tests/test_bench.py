@@ -20,7 +20,7 @@ HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
     (dict(providers=("tpu",)), "providers"), (dict(precisions=("fp8",)), "precision"),
     (dict(shape=(1, 2, 3)), "shape"), (dict(shape=(1, 1, 4, 64)), "shape"),
     (dict(tile=2), "tile"), (dict(workers=0), "workers"), (dict(repeats=0), "repeats"),
-    (dict(modes=("fast",)), "modes"),
+    (dict(modes=("fast",)), "modes"), (dict(conv_search="fastest"), "conv_search"),
 ])
 def test_bad_settings_are_refused(kwargs, flag):
     with pytest.raises(ParameterError) as info:
@@ -76,6 +76,7 @@ def test_cpu_bench_writes_records_json_and_plot(tmp_path):
     for r in records:
         assert r["provider"] == "cpu" and r["precision"] == "fp32"
         assert r["mvox_s"] > 0 and r["peak_rss_mb"] > 50 and r["cores"] >= 1
+        assert isinstance(r["provider_options"], dict) and r["tf32"] is False
     pipeline = next(r for r in records if r["mode"] == "pipeline")
     session = next(r for r in records if r["mode"] == "session")
     assert pipeline["pipeline_over_session"] == pytest.approx(

@@ -120,3 +120,41 @@ def test_cuda_graph_training_denoises(noisy_and_truth):
         figures.append(psnr(norm.inverse(y.mean(1)[0].numpy()), truth))
     assert figures[1] > psnr(noisy, truth) + 3
     assert abs(figures[0] - figures[1]) < 0.2
+
+
+def test_cuda_batched_models_equal_models_trained_alone(rng):
+    """tests/test_grouped.py's check on CUDA: 3 models batched and 3 alone, 50 steps, the
+    same seeds; and the check fails when a noise generator is shared. TF32 is switched off
+    for the comparison (both ways would round their convolutions to TF32, differently)."""
+    torch = _cuda_torch()
+    from test_grouped import check_batched_equals_alone
+
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        check_batched_equals_alone(rng, "cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_cuda_batched_models_with_captured_steps(rng):
+    """The batched program runs as one captured CUDA graph too (opt-in, as for one model):
+    the same models up to rounding."""
+    torch = _cuda_torch()
+    from test_grouped import ROUNDING, largest_difference, three_models
+
+    from fm2s.grouped import train_grouped
+    from fm2s.training import Sampler
+
+    planes, configs = three_models(rng)
+    dev = torch.device("cuda")
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        eager = train_grouped([Sampler(p, c, dev) for p, c in zip(planes, configs)])
+        graph = train_grouped([Sampler(p, c, dev) for p, c in zip(planes, configs)],
+                              cuda_graph=True)
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved
+    for a, b in zip(eager, graph):
+        assert largest_difference(a, b) <= 10 * ROUNDING

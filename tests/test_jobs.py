@@ -356,3 +356,22 @@ def test_progress_shows_tiles_and_rate(tmp_path, quick_model, stack_uint16):
     apply(quick_model, src, tmp_path / "q.ome.zarr", provider="cpu",
           progress=ProgressDisplay(Console(file=quiet, force_terminal=True), quiet=True))
     assert quiet.getvalue() == ""
+
+
+def test_the_channels_of_a_stack_trained_together(tmp_path, stack_uint16):
+    """batched=True (CUDA's default): a stack's two channel models train as one program,
+    each the model its channel gets alone up to float rounding; the default on a CPU trains
+    them one at a time."""
+    from fm2s.readers import open_image
+
+    src = write_ngff(tmp_path / "in.ome.zarr", stack_uint16, "tczyx", "0.5", levels=1)
+    together = train_and_apply(src, tmp_path / "together.ome.zarr", device="cpu",
+                               batched=True, **QUICK)
+    apart = train_and_apply(src, tmp_path / "apart.ome.zarr", device="cpu", **QUICK)
+    assert [c.batched for c in together.channels] == [2, 2]
+    assert [c.batched for c in apart.channels] == [1, 1]
+    a = np.asarray(open_image(together.output).data, np.int64)
+    b = np.asarray(open_image(apart.output).data, np.int64)
+    assert np.abs(a - b).max() <= 2 and np.mean(a != b) < 0.01
+    prov = zarr.open_group(together.output, mode="r").attrs["fm2s"]
+    assert [c["batched"] for c in prov["channels"]] == [2, 2]

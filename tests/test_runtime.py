@@ -6,6 +6,7 @@ from onnx import TensorProto, helper
 
 from fm2s.errors import FM2SError, ParameterError
 from fm2s.runtime import (
+    CONV_SEARCH_ENV,
     CUDA_OPTIONS,
     OnnxDenoiser,
     check_precision,
@@ -32,6 +33,32 @@ def test_cuda_provider_when_offered_and_clear_error_when_not(monkeypatch):
     assert choose_providers("auto") == ["CPUExecutionProvider"]
     with pytest.raises(FM2SError, match="onnxruntime-gpu"):
         choose_providers("cuda")
+
+
+def test_conv_search_is_opt_in_and_checked(monkeypatch):
+    """DEFAULT (cuDNN's fallback mode) stays the default until measured on a GPU;
+    HEURISTIC and EXHAUSTIVE are chosen by argument or environment, anything else refused."""
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.delenv(CONV_SEARCH_ENV, raising=False)
+    assert choose_providers("cuda")[0][1]["cudnn_conv_algo_search"] == "DEFAULT"
+    assert choose_providers("cuda", "heuristic")[0][1] == {**CUDA_OPTIONS,
+                                                           "cudnn_conv_algo_search": "HEURISTIC"}
+    monkeypatch.setenv(CONV_SEARCH_ENV, "EXHAUSTIVE")
+    assert choose_providers("cuda")[0][1]["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert choose_providers("cuda", "DEFAULT")[0][1]["cudnn_conv_algo_search"] == "DEFAULT"
+    assert choose_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setenv(CONV_SEARCH_ENV, "FASTEST")
+    with pytest.raises(FM2SError, match=f"variable {CONV_SEARCH_ENV}='FASTEST' is not a cuDNN"):
+        choose_providers("cuda")
+    with pytest.raises(ParameterError, match="conv_search='fast'"):
+        choose_providers("cuda", "fast")
+
+
+def test_provider_options_are_read_back_from_the_session(quick_model):
+    runtime = OnnxDenoiser(quick_model, provider="cpu")
+    assert runtime.provider_options == dict(
+        runtime.session.get_provider_options()["CPUExecutionProvider"])
 
 
 def test_models_not_made_by_fm2s_are_refused(tmp_path):

@@ -12,10 +12,12 @@ from fm2s.runtime import OnnxDenoiser
 from fm2s.tiling import (
     block_chunks,
     denoise_array,
+    min_window,
     plane_maps,
     plane_stats,
     tiled,
     tiles_in,
+    windows,
     write_tasks,
 )
 
@@ -242,3 +244,62 @@ def test_write_tasks_fill_the_target_once(tmp_path):
 def test_tiles_in():
     assert tiles_in((75, 133), 64) == 2 * 3
     assert tiles_in((64, 64), 64) == 1
+
+
+@given(n=st.integers(1, 300), tile=st.integers(1, 80), halo=st.integers(0, 8),
+       margins=st.tuples(st.integers(0, 8), st.integers(0, 8)), uniform=st.booleans())
+@example(n=2048 + 4, tile=2048, halo=5, margins=(0, 0), uniform=False)  # the 9-pixel sliver
+def test_windows_cover_once_with_their_halo_and_none_is_narrow(n, tile, halo, margins,
+                                                               uniform):
+    """Computed parts tile [start, stop) once; each reads its halo wherever the axis goes
+    on; no window is narrower than the halo-padded minimum (unless the axis is); uniform:
+    one width."""
+    start, stop = margins[0], n - margins[1]
+    spans = windows(start, stop, n, tile, halo, uniform)
+    covered = [i for _, _, v0, v1 in spans for i in range(v0, v1)]
+    assert covered == list(range(start, stop))
+    for a, b, v0, v1 in spans:
+        assert 0 <= a <= v0 < v1 <= b <= n
+        assert v0 - a >= halo or a == 0
+        assert b - v1 >= halo or b == n
+        assert b - a >= min(n, min_window(tile, halo))
+        assert b - a <= max(tile + 2 * halo, min_window(tile, halo))
+    if uniform and spans:
+        assert {b - a for a, b, _, _ in spans} == {min(n, tile + 2 * halo)}
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_no_sliver_reaches_the_session_and_the_result_stays_exact(runtime, stack_uint16,
+                                                                  uniform):
+    """133 = 2 x 64 + 5: the last column of tiles computes 5 pixels, fewer than the halo; it
+    is sent at least min_window wide (uniform: every tile at one shape), and the result is
+    still the whole plane's, bit for bit."""
+    planes = stack_uint16[0, 0].astype(np.float32)  # 3 x 75 x 133
+    calls = []
+
+    def run(x):
+        calls.append(x.shape[-2:])
+        return runtime(x)
+
+    out = tiled(planes, run, 64, runtime.halo, uniform=uniform)
+    assert np.array_equal(out, runtime(planes))
+    assert min(w for _, w in calls) >= min_window(64, runtime.halo)
+    assert len(calls) == tiles_in((75, 133), 64)
+    if uniform:
+        side = 64 + 2 * runtime.halo
+        assert set(calls) == {(min(75, side), side)}
+    else:  # without widening it would have been 5 + halo pixels wide
+        assert min(w for _, w in calls) > 5 + runtime.halo
+
+
+def test_uniform_tiles_through_dask_equal_the_whole_plane(runtime, quick_model, stack_uint16,
+                                                          monkeypatch):
+    from fm2s.tiling import UNIFORM_TILES_ENV
+
+    data = stack_uint16[:, :, 0]
+    whole = runtime(data.reshape(-1, 75, 133).astype(np.float32)).reshape(data.shape)
+    monkeypatch.setenv(UNIFORM_TILES_ENV, "1")
+    got = denoise_array(da.from_array(data, chunks=(1, 1, 40, 50)), [quick_model.read_bytes()],
+                        runtime.halo, tile=24, chunk=48, dtype=np.float32,
+                        block=0).compute(scheduler="threads")
+    assert np.array_equal(got, whole)
