@@ -135,19 +135,25 @@ Ngff = StrEnum("Ngff", {"v04": "0.4", "v05": "0.5"})
 Precision = StrEnum("Precision", {name: name for name in ("fp32", "fp16")})
 
 InPath = Annotated[str, typer.Argument(
-    help="Input: OME-Zarr image (local or http(s) URL), zarr array, TIFF stack, or a "
+    help="Input: OME-Zarr image (local, or a URL: s3://, http(s)://), zarr array, TIFF stack, or a "
     "single-channel PNG/TIFF image.", show_default=False)]
 InPaths = Annotated[list[str], typer.Argument(
-    help="Input: OME-Zarr image (local or http(s) URL), zarr array, TIFF stack, or a "
+    help="Input: OME-Zarr image (local, or a URL: s3://, http(s)://), zarr array, TIFF stack, or a "
     "single-channel PNG/TIFF image; or many: an HCS plate, a bioformats2raw layout, a folder "
     "or glob of images, or several paths (see docs/guides/plates.md).", show_default=False)]
 Images = Annotated[str | None, typer.Option(
     "--images", metavar="PATTERNS", help="Which images of a plate, layout or folder: "
     "comma-separated patterns, e.g. 'B/3/*' (fields of well B/3), '0,2' (series), '*_1.png'. "
     "Default: all.", show_default=False)]
-OutPath = Annotated[Path | None, typer.Option(
-    "-o", "--output", help="Output. Default: next to the input, '.fm2s' before the extension "
-    "(volumes: an OME-Zarr, e.g. stack.fm2s.ome.zarr).", show_default=False)]
+OutPath = Annotated[str | None, typer.Option(
+    "-o", "--output", help="Output: a path, or a URL such as s3://bucket/stack.fm2s.ome.zarr. "
+    "Default: next to the input, '.fm2s' before the extension (volumes: an OME-Zarr, e.g. "
+    "stack.fm2s.ome.zarr).", show_default=False)]
+StorageOptions = Annotated[str | None, typer.Option(
+    "--storage-options", metavar="JSON", help="fsspec options of s3:// (or other) URLs, "
+    "e.g. '{\"endpoint_url\": \"http://minio:9000\"}', '{\"anon\": true}', "
+    "'{\"profile\": \"lab\"}'. Credentials otherwise come from the environment "
+    "(AWS_ACCESS_KEY_ID, AWS_PROFILE, ~/.aws).", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Preview = Annotated[Path | None, typer.Option(
     "--preview", metavar="PATH.png", help="Also write a PNG of a crop of the raw input, the "
@@ -368,6 +374,7 @@ def train_and_apply_cmd(
         "--share-models", help="Many images: train one model per channel on planes drawn "
         "from all of them (one training instead of one per image) and apply it to each.")
     ] = False,
+    storage_options: StorageOptions = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
@@ -376,8 +383,10 @@ def train_and_apply_cmd(
     plate, layout or folder: every image, into the same layout."""
     from .jobs import train_and_apply
     from .layouts import open_collection
+    from .stores import check_storage_options
 
-    collection = open_collection(inputs, images)
+    options = check_storage_options(storage_options)
+    collection = open_collection(inputs, images, options)
     if collection is not None:
         from .batch import train_and_apply_many
 
@@ -404,7 +413,8 @@ def train_and_apply_cmd(
         seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,
         dtype=dtype.value, save_model=save_model, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, views=views,
-        preview=preview, command=_command(), progress=_progress(quiet))))
+        preview=preview, command=_command(), progress=_progress(quiet),
+        storage_options=options)))
 
 
 @app.command("apply")
@@ -427,6 +437,7 @@ def apply_cmd(
     ngff: NgffOpt = None,
     preview: Preview = None,
     images: Images = None,
+    storage_options: StorageOptions = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
@@ -434,8 +445,10 @@ def apply_cmd(
     """Denoise with saved model(s), no training (needs no torch)."""
     from .jobs import apply
     from .layouts import open_collection
+    from .stores import check_storage_options
 
-    collection = open_collection(inputs, images)
+    options = check_storage_options(storage_options)
+    collection = open_collection(inputs, images, options)
     if collection is not None:
         from .batch import apply_many
 
@@ -455,7 +468,7 @@ def apply_cmd(
         model, inputs[0], output, provider=provider.value, tile=tile, workers=workers,
         scheduler=scheduler, dtype=dtype.value, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, preview=preview,
-        command=_command(), progress=_progress(quiet))))
+        command=_command(), progress=_progress(quiet), storage_options=options)))
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -545,12 +558,13 @@ def bench_cmd(
 
 
 @app.command("info")
-def info_cmd(inputs: InPaths, axes: Axes = None, images: Images = None) -> None:
+def info_cmd(inputs: InPaths, axes: Axes = None, images: Images = None,
+             storage_options: StorageOptions = None) -> None:
     """Say what the input holds (format, axes, shape, levels, scale, channels); for a plate,
     a layout or a folder, each image and what train-and-apply would do."""
     from .batch import describe
 
-    typer.echo(format_info(describe(inputs, images, axes)))
+    typer.echo(format_info(describe(inputs, images, axes, storage_options)))
 
 
 @app.command("sample")

@@ -27,7 +27,7 @@ from .errors import FM2SError, ParameterError
 from .package import build_package, is_package, model_bytes, package_name
 from .pixels import MIN_SIDE
 from .progress import ProgressDisplay
-from .readers import Image, is_url, open_image
+from .readers import Image, open_image
 from .recipes import (
     DEFAULT_MICROSCOPE,
     DEFAULT_RECIPE,
@@ -50,6 +50,7 @@ from .runs import (
     write_atomic,
 )
 from .runtime import OnnxDenoiser, check_precision, resolve_provider
+from .stores import check_storage_options, check_store, is_http, is_remote, is_url, location
 from .tiling import (
     denoise_array,
     pending_blocks,
@@ -200,19 +201,29 @@ def _out_dtype(image: Image, dtype: str | None) -> np.dtype:
     return np.dtype(np.float32)
 
 
+def _nests(a: str, b: str) -> bool:
+    """Whether the URLs (or resolved paths) ``a`` and ``b`` are one or lie in each other."""
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def _check_output(image: Image, output: str | Path | None, overwrite: bool, resume: bool,
-                  dtype: np.dtype) -> tuple[Path, object]:
-    """The output path and kind; refuses an existing output unless ``overwrite``, or an
-    unfinished one (or none) with ``resume``. Writes nothing."""
+                  dtype: np.dtype, storage_options: dict | None = None) -> tuple[Path, object]:
+    """The output path (a :func:`fm2s.stores.location`) and kind; refuses an existing
+    output unless ``overwrite``, or an unfinished one (or none) with ``resume``. Writes
+    nothing."""
     if overwrite and resume:
         raise ParameterError("resume", None, "excludes overwrite: resume continues an "
                              "unfinished output, overwrite starts over")
-    path = default_output(image) if output is None else Path(output).absolute()
+    path = default_output(image) if output is None else location(output, storage_options)
+    if is_http(path):
+        raise ParameterError("output", str(output), "an http(s) URL is read-only: write to "
+                             "a local path or to object storage (s3://bucket/...)")
     kind = output_kind(path, image, dtype)
-    if not is_url(image.source):
-        src = Path(image.source).resolve()
-        out = path.resolve()
-        if out == src or src in out.parents or out in src.parents:
+    if is_url(image.source) == is_remote(path):
+        src, out = ((image.source, str(path)) if is_remote(path) else
+                    (str(Path(image.source).resolve()), str(path.resolve())))
+        if _nests(src, out):
             raise ParameterError("output", str(output or path), "it would overwrite or nest in "
                                  "the input: choose another output path")
     plane_file = kind is not None
@@ -243,7 +254,8 @@ def _check_preview(preview: str | Path | None, output: Path, source: str,
 
     if path.suffix.lower() != ".png":
         raise bad("give a path ending in .png")
-    for what, other in (("output", output), ("input", None if is_url(source) else source)):
+    for what, other in (("output", None if is_remote(output) else output),
+                        ("input", None if is_url(source) else source)):
         if other is not None:
             other, here = Path(other).resolve(), path.resolve()
             if here == other or other in here.parents:
@@ -257,7 +269,8 @@ def _check_preview(preview: str | Path | None, output: Path, source: str,
     return path
 
 
-def _previewed(report: RunReport, image: Image, path: Path | None) -> RunReport:
+def _previewed(report: RunReport, image: Image, path: Path | None,
+               storage_options: dict | None = None) -> RunReport:
     """Write the preview figure (:mod:`fm2s.preview`) of a complete output to ``path``,
     from one plane of the input and of the written output; the report, with its path."""
     if path is None:
@@ -265,7 +278,7 @@ def _previewed(report: RunReport, image: Image, path: Path | None) -> RunReport:
     from .preview import figure, png_bytes
 
     try:
-        written = open_image(report.output)
+        written = open_image(report.output, storage_options=storage_options)
         with dask.config.set(scheduler="threads"):
             rgb = figure(image.data, written.data, image.axes, image.multiscale, image.omero)
         write_atomic(path, png_bytes(rgb))
@@ -449,7 +462,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     overwrite: bool = False, resume: bool = False, axes: str | None = None,
                     ngff: str | None = None, precision: str = "fp32", views: int | None = None,
                     command: str | None = None, progress: ProgressDisplay | None = None,
-                    **overrides) -> RunReport:
+                    storage_options: dict | str | None = None, **overrides) -> RunReport:
     """Train one model per channel on ``train_planes`` planes, then denoise every plane.
 
     Any input (OME-Zarr, zarr, TIFF stack, 2D PNG/TIFF); the output is an OME-Zarr, or a
@@ -464,6 +477,10 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     The output is written in place and marked unfinished until complete; an interrupted
     run is continued with ``resume=True`` (same input and settings): the models it trained
     are reused and no chunk it wrote is computed again.
+
+    ``source`` and ``output`` may be URLs (``s3://bucket/key.ome.zarr``, any fsspec
+    protocol installed); ``storage_options`` (a dict or its JSON text: ``endpoint_url``,
+    ``anon``, ``profile``, ``key``, ``secret``) apply to both.
     """
     try:
         from .model import train_model
@@ -471,10 +488,11 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
         raise FM2SError(f"training needs torch, which cannot be imported here ({exc}): "
                         "install torch, or denoise with a saved model (apply)") from None
 
-    refuse_unfinished(str(source))
-    image = open_image(source, axes, ngff)
+    storage_options = check_storage_options(storage_options)
+    refuse_unfinished(str(source), storage_options)
+    image = open_image(source, axes, ngff, storage_options)
     dtype_out = _out_dtype(image, dtype)
-    output, kind = _check_output(image, output, overwrite, resume, dtype_out)
+    output, kind = _check_output(image, output, overwrite, resume, dtype_out, storage_options)
     resuming = resume and unfinished(output, kind is not None) is not None
     paths = model_paths(save_model, image.channels, overwrite or resuming)
     preview = _check_preview(preview, output, image.source, overwrite)
@@ -529,7 +547,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
             report = _noting(lock, _finish(image, out, record, stats, models, references,
                                            max(halos), records, tile, provider, precision,
                                            run, progress))
-        return _previewed(report, image, preview)
+        return _previewed(report, image, preview, storage_options)
 
 
 def apply(model: str | Path, source: str | Path, output: str | Path | None = None, *,
@@ -538,19 +556,22 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
           resume: bool = False, axes: str | None = None, ngff: str | None = None,
           precision: str = "fp32", command: str | None = None,
           progress: ProgressDisplay | None = None,
-          preview: str | Path | None = None) -> RunReport:
+          preview: str | Path | None = None,
+          storage_options: dict | str | None = None) -> RunReport:
     """Denoise any input with saved models (one for all channels or one per channel).
 
     Planes outside the range a model was trained on are mapped into it and back (see
     :func:`fm2s.normalize.range_map`); the report's ``warnings`` say so.
     ``precision="fp16"`` runs the network in float16 on the CUDA provider. ``resume``
     continues an interrupted run on the same output (see :func:`train_and_apply`).
-    ``preview``: a ``.png`` path for the preview figure (see :func:`train_and_apply`).
+    ``preview``: a ``.png`` path for the preview figure, ``storage_options`` those of URLs
+    (see :func:`train_and_apply`).
     """
-    refuse_unfinished(str(source))
-    image = open_image(source, axes, ngff)
+    storage_options = check_storage_options(storage_options)
+    refuse_unfinished(str(source), storage_options)
+    image = open_image(source, axes, ngff, storage_options)
     dtype_out = _out_dtype(image, dtype)
-    output, kind = _check_output(image, output, overwrite, resume, dtype_out)
+    output, kind = _check_output(image, output, overwrite, resume, dtype_out, storage_options)
     check_cluster_options(scheduler, workers)
     check_precision(precision, provider)
     tile = _check_tile(tile, provider)
@@ -579,42 +600,49 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
             report = _noting(lock, _finish(image, out, record, stats, models,
                                            [r.reference for r in runtimes], halo, records,
                                            tile, provider, precision, run, progress))
-        return _previewed(report, image, preview)
+        return _previewed(report, image, preview, storage_options)
 
 
-def _unfinished_report(source: str, run: dict) -> dict:
-    """Chunks and models an unfinished output holds."""
+def _unfinished_report(path, run: dict) -> dict:
+    """Chunks and models an unfinished output (a :func:`fm2s.stores.location`) holds."""
     import zarr
 
-    path = Path(source).absolute()
+    from .stores import listing, zarr_store
+
     levels = []
-    group = zarr.open_group(path, mode="r")
-    names = sorted((p.name for p in path.iterdir() if not p.name.startswith(".")
-                    and ((p / "zarr.json").is_file() or (p / ".zarray").is_file())),
+    group = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+    names = sorted((name for name in listing(path) if not name.startswith(".")
+                    and ((path / name / "zarr.json").is_file()
+                         or (path / name / ".zarray").is_file())),
                    key=lambda n: (len(n), n))
     done_root = path / ".fm2s-run" / "done"
     for level, name in enumerate(names):
-        marks = done_root / str(level)
-        done = len(list(marks.iterdir())) if marks.is_dir() else 0
-        levels.append((name, done, group[name].nchunks))
-    models = path / ".fm2s-run" / "models"
-    trained = len(list(models.glob("c*.onnx"))) if models.is_dir() else 0
+        levels.append((name, len(listing(done_root / str(level))), group[name].nchunks))
+    models = listing(path / ".fm2s-run" / "models")
+    trained = len([n for n in models if n.startswith("c") and n.endswith(".onnx")])
     return {**run, "levels": levels, "models_kept": trained}
 
 
-def info(source: str | Path, axes: str | None = None) -> InfoReport:
+def info(source: str | Path, axes: str | None = None,
+         storage_options: dict | str | None = None) -> InfoReport:
     """What ``source`` holds and what ``train-and-apply`` would do with it; for an
-    unfinished output, what its interrupted run wrote."""
-    if not is_url(str(source)):
+    unfinished output, what its interrupted run wrote. ``storage_options``: those of a
+    URL (see :func:`train_and_apply`)."""
+    storage_options = check_storage_options(storage_options)
+    if not is_http(str(source)):
+        path = location(source, storage_options)
+        if is_remote(path):
+            check_store(path, "input")  # a missing bucket, wrong credentials: one line
         for plane_file in (False, True):  # an OME-Zarr, or the hidden zarr of a PNG/TIFF
-            run = unfinished(Path(source), plane_file)
+            run = unfinished(path, plane_file)
             if run is not None:
-                work = work_path(Path(source), plane_file)
-                return InfoReport(None, 0, "", str(source), _unfinished_report(str(work), run))
-    image = open_image(source, axes)
+                work = work_path(path, plane_file)
+                return InfoReport(None, 0, "", str(source), _unfinished_report(work, run))
+    image = open_image(source, axes, storage_options=storage_options)
     written_by = None
-    if not is_url(image.source) and Path(image.source).is_dir():
-        state = read_state(Path(image.source))
+    where = None if is_http(image.source) else location(image.source, storage_options)
+    if where is not None and where.is_dir():
+        state = read_state(where)
         if state is not None and state.get("state") == COMPLETE:
             written_by = state
     return InfoReport(image, min(image.planes_per_channel, DEFAULT_TRAIN_PLANES),

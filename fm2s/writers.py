@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -22,7 +21,7 @@ import zarr
 from .errors import FM2SError
 from .formats import PNG, TIFF, NgffFormat, PlaneFile, is_zarr_name, plane_file_of
 from .pixels import cast_like
-from .readers import Image, is_url
+from .readers import Image
 from .recipes import WRITE_CHUNK
 from .runs import (
     COMPLETE,
@@ -37,6 +36,7 @@ from .runs import (
     unfinished,
     work_path,
 )
+from .stores import check_store, is_remote, is_url, location, storage_options_of, zarr_store
 
 #: the temporary file of a chunk write by zarr's local store (``<key>.<uuid hex>.partial``)
 _PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
@@ -79,8 +79,16 @@ def check_new_path(path: Path, overwrite: bool, what: str, folder: bool = False)
     """Refuse a path that exists (without ``overwrite``) or whose folder does not exist.
 
     ``folder``: the path names a folder to create (an OME-Zarr image), not a file.
-    Returns the path made absolute.
+    Returns the path made absolute. On a remote store (S3), the bucket must exist and be
+    reachable with the credentials at hand (there are no folders to check).
     """
+    path = location(path)
+    if is_remote(path):
+        check_store(path, what)
+        if path.exists() and not overwrite:
+            raise FM2SError(f"{what} '{path}' exists: remove it, choose another path "
+                            "or pass --overwrite")
+        return path
     path = Path(path).absolute()
     if path.is_dir() and not folder:
         raise FM2SError(f"{what} '{path}' is a folder: give a file name")
@@ -102,6 +110,9 @@ def output_kind(path: Path, image: Image, dtype: np.dtype) -> PlaneFile | None:
     if is_zarr_name(name) or _in_zarr(path):
         return None
     fmt = plane_file_of(name)
+    if fmt is not None and is_remote(path):
+        raise FM2SError(f"output '{path}': a {fmt.name} output is written to a local path; "
+                        "write an .ome.zarr to object storage")
     if fmt is None:
         raise FM2SError(f"output '{path}' has an unknown extension: end it in .ome.zarr "
                         "(or .png / .tif for a 2D image)")
@@ -148,6 +159,20 @@ def downsample(level: da.Array, shape: tuple[int, ...], dtype: np.dtype) -> da.A
     return mean.map_blocks(partial(cast_like, dtype=np.dtype(dtype)), dtype=dtype)
 
 
+def _package_onnx(path) -> bytes:
+    """The ONNX weights of the bioimage.io package at ``path`` (local or remote)."""
+    from .package import read_package
+
+    if not is_remote(path):
+        return read_package(path)[0]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / path.name
+        local.write_bytes(path.read_bytes())
+        return read_package(local)[0]
+
+
 class OutputImage:
     """An image written in place, resumably (:mod:`fm2s.runs`).
 
@@ -161,14 +186,14 @@ class OutputImage:
 
     def __init__(self, path: Path, image: Image, dtype: np.dtype,
                  plane_file: PlaneFile | None = None) -> None:
-        self.path = Path(path).absolute()
+        self.path = location(path)
         self.image = image
         self.dtype = np.dtype(dtype)
         self.plane_file = plane_file
         self.fmt: NgffFormat = image.ngff
         self.zarr_path = work_path(self.path, plane_file is not None)
         self.run_dir = self.zarr_path / RUN_DIR
-        self.done = Done(str(self.run_dir))
+        self.done = Done(str(self.run_dir), storage_options_of(self.run_dir))
         self.group = None
         self.arrays: list = []
         self.resumable = True
@@ -201,10 +226,8 @@ class OutputImage:
         """The bioimage.io package of ``channel``'s model, built right after training (it
         needs the torch model and the training planes) and kept beside the model for a
         resumed run."""
-        from .package import read_package
-
         path = self.models / f"c{channel}.zip"
-        if not path.is_file() or hashlib.sha256(read_package(path)[0]).hexdigest() != sha256:
+        if not path.is_file() or hashlib.sha256(_package_onnx(path)).hexdigest() != sha256:
             raise FM2SError(f"the interrupted run kept the model of channel {channel} but no "
                             "bioimage.io package of it (it was started without --save-model "
                             "NAME.zip): save the ONNX model instead (--save-model NAME.onnx), or "
@@ -212,7 +235,7 @@ class OutputImage:
         return path.read_bytes()
 
     @property
-    def models(self) -> Path:
+    def models(self):
         """The folder of the models a run keeps for its resumption (in the run folder)."""
         return self.run_dir / "models"
 
@@ -236,7 +259,7 @@ class OutputImage:
         return self
 
     def _create(self, record: dict | None) -> None:
-        self.group = zarr.open_group(self.zarr_path, mode="w-",
+        self.group = zarr.open_group(zarr_store(self.zarr_path), mode="w-",
                                      zarr_format=self.fmt.zarr_format,
                                      attributes={"fm2s": {"state": RUNNING,
                                                           "run": record or {}}})
@@ -245,16 +268,17 @@ class OutputImage:
                 dataset["path"], shape=shape, chunks=write_chunks(shape), dtype=self.dtype,
                 compressors=self.fmt.compressor(), fill_value=0,
                 config={"write_empty_chunks": True}, **self.fmt.array_options(self.image.axes)))
-        if self.resumable:
+        if self.resumable and not is_remote(self.run_dir):
             (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
 
     def reopen(self) -> OutputImage:
         """Open the arrays of an unfinished output to go on writing them (removing the
         temporary files of chunk writes that a killed run left)."""
-        for path in self.zarr_path.rglob("*.partial"):
-            if _PARTIAL.fullmatch(path.name):
-                path.unlink(missing_ok=True)
-        self.group = zarr.open_group(self.zarr_path, mode="r+")
+        if not is_remote(self.zarr_path):  # an object store writes an object whole
+            for path in self.zarr_path.rglob("*.partial"):
+                if _PARTIAL.fullmatch(path.name):
+                    path.unlink(missing_ok=True)
+        self.group = zarr.open_group(zarr_store(self.zarr_path), mode="r+")
         for dataset, shape in self._levels:
             try:
                 array = self.group[dataset["path"]]
@@ -266,7 +290,8 @@ class OutputImage:
                                 f"this run writes (level {dataset['path']}): pass --overwrite "
                                 "to start over")
             self.arrays.append(array)
-        (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
+        if not is_remote(self.run_dir):
+            (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
         return self
 
     def missing_chunks(self) -> list[str]:
@@ -310,7 +335,10 @@ class OutputImage:
             except OSError as exc:  # name the metadata file
                 meta = "zarr.json" if self.fmt.zarr_format == 3 else ".zattrs"
                 raise OSError(exc.errno, exc.strerror, str(self.zarr_path / meta)) from None
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            try:
+                remove(self.run_dir)
+            except OSError:  # the image is complete: a run folder left is harmless
+                pass
             return
         part = part_path(self.path)
         try:
@@ -318,7 +346,10 @@ class OutputImage:
             os.replace(part, self.path)
         finally:
             part.unlink(missing_ok=True)
-        shutil.rmtree(self.zarr_path, ignore_errors=True)
+        try:
+            remove(self.zarr_path)
+        except OSError:
+            pass
 
     def _write_plane_file(self, target: Path, provenance: dict) -> None:
         level0 = self.arrays[0]
