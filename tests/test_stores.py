@@ -52,7 +52,7 @@ def s3_input(s3, volume) -> str:
 def _fm2s(path) -> dict:
     """An output's fm2s metadata without what records the run (when, where, how long)."""
     state = dict(read_state(location(path)))
-    for key in ("date", "resumed", "command", "source"):
+    for key in ("date", "resumed", "command", "source", "scheduler"):
         state.pop(key, None)
     state["channels"] = [{k: v for k, v in c.items() if k != "train_seconds"}
                          for c in state["channels"]]
@@ -108,3 +108,117 @@ def test_train_and_apply_s3_to_s3_writes_the_bytes_of_a_local_run(s3, s3_input, 
     import zarr
 
     assert np.array_equal(level0, zarr.open_array(str(local_run / "s0"), mode="r")[:])
+
+
+@pytest.mark.slow
+def test_apply_with_two_workers_s3_to_s3_writes_the_bytes_of_a_local_run(s3, s3_input, volume,
+                                                                          quick_model, tmp_path):
+    local = tmp_path / "local.ome.zarr"
+    apply(quick_model, volume, local)
+    s3.bucket("fm2s-apply")
+    url = "s3://fm2s-apply/stack.fm2s.ome.zarr"
+    res = CliRunner().invoke(app, ["apply", str(quick_model), s3_input, "-o", url, "--workers",
+                                   "2", "--storage-options", s3.json, "-q"])
+    assert res.exit_code == 0, res.output
+    assert "2 workers" in res.output and f"-> {url}" in res.output
+    _same_as_local(s3, url, local, tmp_path)
+
+
+#: run in a fresh interpreter: argv = source output storage-options n; SIGKILLs itself
+#: after the n-th level-0 block written
+KILLED = textwrap.dedent("""
+    import os, signal, sys, threading
+    import fm2s.tiling
+    source, output, options, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    count, lock = [0], threading.Lock()
+    write = fm2s.tiling._write_block
+
+    def _write_block(block, target, done=None, level=0, block_info=None):
+        out = write(block, target, done, level, block_info)
+        if level == 0:
+            with lock:
+                count[0] += 1
+                if count[0] == n:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    fm2s.tiling._write_block = _write_block
+    from fm2s.jobs import train_and_apply
+    train_and_apply(source, output, device="cpu", train_planes=3, samples=4, warmup_steps=1,
+                    storage_options=options)
+""")
+
+
+@pytest.mark.slow
+def test_a_killed_s3_run_resumes_to_the_same_bytes_without_rewriting_a_chunk(
+        s3, s3_input, local_run, tmp_path):
+    bucket = s3.bucket("fm2s-resume", versioned=True)  # every write of a key is kept
+    url = f"s3://{bucket}/stack.fm2s.ome.zarr"
+    killed = subprocess.run([sys.executable, "-c", KILLED, s3_input, url, s3.json, "5"],
+                            capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    before = s3.keys()
+    marked = {k.rsplit("/", 2)[-2:][0] + "/" + k.rsplit("/", 1)[-1] for k in before
+              if "/.fm2s-run/done/" in k}
+    assert len([m for m in marked if m.startswith("0/")]) >= 5
+    assert any(k.endswith(".stack.fm2s.ome.zarr.fm2s-lock") for k in before)
+    res = CliRunner().invoke(app, ["info", url, "--storage-options", s3.json])
+    assert res.exit_code == 0 and "UNFINISHED" in res.output, res.output
+
+    res = CliRunner().invoke(app, ["train-and-apply", s3_input, "-o", url, "--storage-options",
+                                   s3.json])
+    assert res.exit_code == 1 and "--resume" in res.output
+
+    report = train_and_apply(s3_input, url, device="cpu", train_planes=3, resume=True,
+                             storage_options=s3.options, **QUICK)
+    assert report.resumed and report.chunks_before == len(marked)
+    assert report.chunks_written == 24 - len(marked)
+    assert any("taken over" in w for w in report.warnings)
+    after = s3.keys()
+    prefix = f"{bucket}/stack.fm2s.ome.zarr/"
+    for mark in marked:  # a chunk marked as written was not written again
+        level, key = mark.split("/")
+        chunk = f"{prefix}s{level}/c/" + key.replace(".", "/")
+        assert after[chunk] == 1, chunk
+    chunks = [k for k in after if k.startswith(prefix) and "/c/" in k]
+    assert len(chunks) == 24 and sum(after[k] for k in chunks) <= 24 + 2  # killed mid-block
+    _same_as_local(s3, url, local_run, tmp_path)
+    assert not [k for k in s3.fs().find(bucket) if "fm2s-lock" in k or ".fm2s-run" in k]
+
+
+def _objects(s3) -> dict[str, int]:
+    return s3.keys()
+
+
+@pytest.mark.parametrize("case", ["credentials", "bucket", "endpoint"])
+def test_store_problems_are_one_line_errors_before_training(s3, s3_input, case, monkeypatch,
+                                                            tmp_path):
+    import fm2s.model
+
+    trained = []
+    monkeypatch.setattr(fm2s.model, "train_model", lambda *a, **k: trained.append(1))
+    options = dict(s3.options)
+    output = "s3://fm2s-in/out/x.fm2s.ome.zarr"
+    if case == "credentials":
+        options.update(key="AKIAWRONGKEY000000", secret="wrong")
+    elif case == "bucket":
+        output = "s3://fm2s-no-such-bucket/x.fm2s.ome.zarr"
+    else:
+        import socket
+
+        with socket.socket() as sock:  # a port where nothing listens
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        options["endpoint_url"] = f"http://127.0.0.1:{port}"
+    before = _objects(s3)
+    res = CliRunner().invoke(app, ["train-and-apply", s3_input, "-o", output,
+                                   "--storage-options", json.dumps(options), "-q"])
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert "Traceback" not in res.output and "arning" not in res.output
+    expected = {"credentials": "denied", "bucket": "does not exist",
+                "endpoint": "cannot reach"}[case]
+    assert expected in lines[0], lines[0]
+    assert not trained and _objects(s3) == before
+    assert not list(tmp_path.iterdir())
