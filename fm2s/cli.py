@@ -154,6 +154,11 @@ StorageOptions = Annotated[str | None, typer.Option(
     "e.g. '{\"endpoint_url\": \"http://minio:9000\"}', '{\"anon\": true}', "
     "'{\"profile\": \"lab\"}'. Credentials otherwise come from the environment "
     "(AWS_ACCESS_KEY_ID, AWS_PROFILE, ~/.aws).", show_default=False)]
+Shards = Annotated[str | None, typer.Option(
+    "--shards", metavar="auto|SHAPE", help="Write sharded arrays (NGFF 0.5 outputs; zarr v3 "
+    "sharding): many chunks in one file, far fewer files. auto: whole planes up to 4096 x "
+    "4096 pixels (small planes: stacks of them); or a shard shape, one size per axis, e.g. "
+    "1,1,1,4096,4096. Default: one file per chunk.", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Preview = Annotated[Path | None, typer.Option(
     "--preview", metavar="PATH.png", help="Also write a PNG of a crop of the raw input, the "
@@ -374,6 +379,7 @@ def train_and_apply_cmd(
         "--share-models", help="Many images: train one model per channel on planes drawn "
         "from all of them (one training instead of one per image) and apply it to each.")
     ] = False,
+    shards: Shards = None,
     storage_options: StorageOptions = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
@@ -390,7 +396,8 @@ def train_and_apply_cmd(
     if collection is not None:
         from .batch import train_and_apply_many
 
-        for name, value in (("save_model", save_model), ("preview", preview)):
+        for name, value in (("save_model", save_model), ("preview", preview),
+                            ("shards", shards)):
             if value is not None:
                 raise ParameterError(name, str(value), "is for one image: leave it out for a "
                                      "plate, a layout or several images")
@@ -414,7 +421,7 @@ def train_and_apply_cmd(
         dtype=dtype.value, save_model=save_model, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, views=views,
         preview=preview, command=_command(), progress=_progress(quiet),
-        storage_options=options)))
+        storage_options=options, shards=shards)))
 
 
 @app.command("apply")
@@ -437,6 +444,7 @@ def apply_cmd(
     ngff: NgffOpt = None,
     preview: Preview = None,
     images: Images = None,
+    shards: Shards = None,
     storage_options: StorageOptions = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
@@ -452,9 +460,10 @@ def apply_cmd(
     if collection is not None:
         from .batch import apply_many
 
-        if preview is not None:
-            raise ParameterError("preview", str(preview), "is for one image: leave it out for "
-                                 "a plate, a layout or several images")
+        for name, value in (("preview", preview), ("shards", shards)):
+            if value is not None:
+                raise ParameterError(name, str(value), "is for one image: leave it out for "
+                                     "a plate, a layout or several images")
         report = apply_many(
             model, collection, output, provider=provider.value, tile=tile, workers=workers,
             scheduler=scheduler, dtype=dtype.value, axes=axes,
@@ -468,7 +477,8 @@ def apply_cmd(
         model, inputs[0], output, provider=provider.value, tile=tile, workers=workers,
         scheduler=scheduler, dtype=dtype.value, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, preview=preview,
-        command=_command(), progress=_progress(quiet), storage_options=options)))
+        command=_command(), progress=_progress(quiet), storage_options=options,
+        shards=shards)))
 
 
 def _csv(text: str) -> tuple[str, ...]:

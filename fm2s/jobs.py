@@ -52,14 +52,23 @@ from .runs import (
 from .runtime import OnnxDenoiser, check_precision, resolve_provider
 from .stores import check_storage_options, check_store, is_http, is_remote, is_url, location
 from .tiling import (
+    aligned,
     denoise_array,
     pending_blocks,
     plane_maps,
     plane_stats,
     tiles_in,
+    write_grid,
     write_tasks,
 )
-from .writers import OutputImage, check_new_path, default_output, downsample, output_kind
+from .writers import (
+    OutputImage,
+    check_new_path,
+    chunks_per_shard,
+    default_output,
+    downsample,
+    output_kind,
+)
 
 
 @dataclass(frozen=True)
@@ -336,6 +345,8 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
     start = time.perf_counter()
     denoised = denoise_array(image.data, models, halo, tile, c_axis, out.dtype, provider,
                              maps=maps, precision=precision)
+    if out.per_shard is not None:  # one task per shard: each written whole, by one task
+        denoised = aligned(denoised, write_grid(out.arrays[0]))
     blocks = pending_blocks(denoised, out.arrays[0], out.done, 0)
     tiles, voxels = _block_weights(denoised, tile)
     tiles, voxels = [tiles[i] for i in blocks], [voxels[i] for i in blocks]
@@ -344,6 +355,8 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
     for level in range(1, len(out.arrays)):
         source = da.from_zarr(out.arrays[level - 1])
         small = downsample(source, image.level_shapes[level], out.dtype)
+        if out.per_shard is not None:
+            small = aligned(small, write_grid(out.arrays[level]))
         blocks = pending_blocks(small, out.arrays[level], out.done, level)
         tasks = write_tasks(small, out.arrays[level], out.done, level, blocks)
         sizes = [math.prod(shape) for shape in itertools.product(*small.chunks)]
@@ -400,7 +413,7 @@ def _finish(image: Image, out: OutputImage, record: dict, stats: np.ndarray,
     before = out.chunks_done()
     tiles, voxels, seconds = _denoise(image, models, maps, halo, out, tile, provider,
                                       precision, run, progress, provenance)
-    total = sum(a.nchunks for a in out.arrays)
+    total = sum(out.units(level) for level in range(len(out.arrays)))
     kind = out.plane_file
     fmt = kind.name if kind is not None else f"OME-Zarr NGFF {image.ngff.version}"
     return RunReport(image.source, str(out.path), image.kind, fmt, image.axes,
@@ -411,6 +424,15 @@ def _finish(image: Image, out: OutputImage, record: dict, stats: np.ndarray,
                      resumed=bool(record.get("resumed")), denoised_voxels=voxels)
 
 
+def _check_shards(image: Image, kind, shards) -> tuple[int, ...] | None:
+    """Chunks per shard of the output (None: unsharded); refuses shards of a PNG or TIFF
+    output or of an NGFF 0.4 one. Writes nothing."""
+    if shards is not None and kind is not None:
+        raise ParameterError("shards", str(shards), f"shards are for OME-Zarr outputs, not "
+                             f"a {kind.name} file: leave them out")
+    return chunks_per_shard(tuple(image.data.shape), shards, image.ngff)
+
+
 def _settings(image: Image, stats: np.ndarray, out_dtype: np.dtype, kind, **settings) -> dict:
     """What decides an output's bytes: a resumed run must have the same."""
     return json.loads(json.dumps({
@@ -419,6 +441,12 @@ def _settings(image: Image, stats: np.ndarray, out_dtype: np.dtype, kind, **sett
         "input_stats_sha256": hashlib.sha256(np.ascontiguousarray(stats).tobytes()).hexdigest(),
         "output_dtype": str(out_dtype), "output_format": kind.name if kind else "OME-Zarr",
         "ngff": image.ngff.version, **settings}))
+
+
+def _shard_setting(per_shard: tuple[int, ...] | None) -> dict:
+    """The shards in a run's settings (none when unsharded: the settings of unsharded
+    runs stay those of earlier versions)."""
+    return {} if per_shard is None else {"chunks_per_shard": list(per_shard)}
 
 
 def _noting(lock: RunLock, report: RunReport) -> RunReport:
@@ -462,7 +490,8 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     overwrite: bool = False, resume: bool = False, axes: str | None = None,
                     ngff: str | None = None, precision: str = "fp32", views: int | None = None,
                     command: str | None = None, progress: ProgressDisplay | None = None,
-                    storage_options: dict | str | None = None, **overrides) -> RunReport:
+                    storage_options: dict | str | None = None,
+                    shards: str | tuple[int, ...] | None = None, **overrides) -> RunReport:
     """Train one model per channel on ``train_planes`` planes, then denoise every plane.
 
     Any input (OME-Zarr, zarr, TIFF stack, 2D PNG/TIFF); the output is an OME-Zarr, or a
@@ -481,6 +510,10 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     ``source`` and ``output`` may be URLs (``s3://bucket/key.ome.zarr``, any fsspec
     protocol installed); ``storage_options`` (a dict or its JSON text: ``endpoint_url``,
     ``anon``, ``profile``, ``key``, ``secret``) apply to both.
+
+    ``shards`` (NGFF 0.5 outputs): ``"auto"`` or a shard shape (one size per axis, each a
+    multiple of the chunk): the arrays are sharded (zarr v3 sharding codec), fewer files;
+    each write task writes whole shards (:func:`fm2s.writers.chunks_per_shard`).
     """
     try:
         from .model import train_model
@@ -493,6 +526,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     image = open_image(source, axes, ngff, storage_options)
     dtype_out = _out_dtype(image, dtype)
     output, kind = _check_output(image, output, overwrite, resume, dtype_out, storage_options)
+    per_shard = _check_shards(image, kind, shards)
     resuming = resume and unfinished(output, kind is not None) is not None
     paths = model_paths(save_model, image.channels, overwrite or resuming)
     preview = _check_preview(preview, output, image.source, overwrite)
@@ -510,8 +544,8 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
         settings = _settings(image, stats, dtype_out, kind, job="train-and-apply",
                              recipe=recipe, microscope=microscope, seed=seed, device=device,
                              train_planes=train_planes, overrides=overrides,
-                             precision=precision)
-        out = OutputImage(output, image, dtype_out, kind)
+                             precision=precision, **_shard_setting(per_shard))
+        out = OutputImage(output, image, dtype_out, kind, per_shard)
         record = out.start(settings, command, overwrite, resume)
         with resumable(output):
             models, references, records, halos = [], [], [], []
@@ -557,21 +591,23 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
           precision: str = "fp32", command: str | None = None,
           progress: ProgressDisplay | None = None,
           preview: str | Path | None = None,
-          storage_options: dict | str | None = None) -> RunReport:
+          storage_options: dict | str | None = None,
+          shards: str | tuple[int, ...] | None = None) -> RunReport:
     """Denoise any input with saved models (one for all channels or one per channel).
 
     Planes outside the range a model was trained on are mapped into it and back (see
     :func:`fm2s.normalize.range_map`); the report's ``warnings`` say so.
     ``precision="fp16"`` runs the network in float16 on the CUDA provider. ``resume``
     continues an interrupted run on the same output (see :func:`train_and_apply`).
-    ``preview``: a ``.png`` path for the preview figure, ``storage_options`` those of URLs
-    (see :func:`train_and_apply`).
+    ``preview``: a ``.png`` path for the preview figure, ``storage_options`` those of URLs,
+    ``shards`` the output's shards (see :func:`train_and_apply`).
     """
     storage_options = check_storage_options(storage_options)
     refuse_unfinished(str(source), storage_options)
     image = open_image(source, axes, ngff, storage_options)
     dtype_out = _out_dtype(image, dtype)
     output, kind = _check_output(image, output, overwrite, resume, dtype_out, storage_options)
+    per_shard = _check_shards(image, kind, shards)
     check_cluster_options(scheduler, workers)
     check_precision(precision, provider)
     tile = _check_tile(tile, provider)
@@ -593,8 +629,9 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
         stats = _channel_stats(image, run)
         settings = _settings(image, stats, dtype_out, kind, job="apply",
                              models=[r.sha256 for r in runtimes],
-                             provider=resolve_provider(provider), precision=precision)
-        out = OutputImage(output, image, dtype_out, kind)
+                             provider=resolve_provider(provider), precision=precision,
+                             **_shard_setting(per_shard))
+        out = OutputImage(output, image, dtype_out, kind, per_shard)
         record = out.start(settings, command, overwrite, resume)
         with resumable(output):
             report = _noting(lock, _finish(image, out, record, stats, models,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import re
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .errors import FM2SError
+from .errors import FM2SError, ParameterError
 from .formats import PNG, TIFF, NgffFormat, PlaneFile, is_zarr_name, plane_file_of
 from .pixels import cast_like
 from .readers import Image
@@ -137,6 +138,75 @@ def write_chunks(shape: tuple[int, ...], side: int = WRITE_CHUNK) -> tuple[int, 
     return (1,) * (len(shape) - 2) + tuple(min(n, side) for n in shape[-2:])
 
 
+#: ``--shards auto``: a shard holds up to this many voxels (a 4096 x 4096 plane, or a
+#: stack of smaller planes), up to :data:`AUTO_SHARD_SIDE` pixels in Y and X
+AUTO_SHARD_VOXELS = 4096 * 4096
+AUTO_SHARD_SIDE = 4096
+
+
+def chunks_per_shard(shape: tuple[int, ...], shards, fmt: NgffFormat) -> tuple[int, ...] | None:
+    """Chunks per shard along each axis of level 0 (None: unsharded).
+
+    ``shards``: None, ``"auto"`` (whole planes up to 4096 x 4096 pixels, then planes along
+    the axes before Y up to :data:`AUTO_SHARD_VOXELS` voxels) or a shard shape, one side
+    per axis, each a multiple of the chunk (1 before Y, 1024 in Y and X) or at least the
+    image's side.
+
+    Raises
+    ------
+    ParameterError
+        Shards of an NGFF 0.4 (zarr v2) output, or a shape that does not fit.
+    """
+    if shards is None:
+        return None
+    if fmt.zarr_format != 3:
+        raise ParameterError("shards", _text(shards), "shards need an NGFF 0.5 (zarr v3) "
+                             "output: leave them out, or pass --ngff 0.5 (OME-Zarr 0.4 input "
+                             "keeps its version)")
+    chunks = write_chunks(shape)
+    if isinstance(shards, str) and shards.strip().lower() == "auto":
+        per = [1] * len(shape)
+        for ax in (-2, -1):
+            per[ax] = min(-(-shape[ax] // chunks[ax]), max(1, AUTO_SHARD_SIDE // chunks[ax]))
+        voxels = math.prod(c * k for c, k in zip(chunks, per))
+        for ax in reversed(range(len(shape) - 2)):  # z, then c, then t
+            per[ax] = max(1, min(shape[ax], AUTO_SHARD_VOXELS // voxels))
+            voxels *= per[ax]
+            if per[ax] < shape[ax]:
+                break
+        return tuple(per)
+    if isinstance(shards, str):
+        try:
+            shards = tuple(int(p) for p in shards.split(","))
+        except ValueError:
+            raise ParameterError("shards", shards, "give auto or one size per axis, e.g. "
+                                 "1,1,1,2048,2048") from None
+    shards = tuple(int(s) for s in shards)
+    if len(shards) != len(shape):
+        raise ParameterError("shards", _text(shards), f"give one size per axis of the image "
+                             f"({len(shape)}, e.g. {','.join(map(str, chunks))}), or auto")
+    per = []
+    for n, c, s in zip(shape, chunks, shards):
+        if s < 1 or (s < n and s % c):
+            raise ParameterError("shards", _text(shards), f"each size must be a multiple of "
+                                 f"the chunk ({','.join(map(str, chunks))}) or cover the "
+                                 "image's side")
+        per.append(-(-n // c) if s >= n else s // c)
+    return tuple(per)
+
+
+def _text(shards) -> str:
+    return shards if isinstance(shards, str) else ",".join(map(str, shards))
+
+
+def level_shards(shape: tuple[int, ...], per: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The shard shape of a level of ``shape``: ``per`` chunks per shard (fewer where the
+    level holds fewer)."""
+    if per is None:
+        return None
+    return tuple(c * min(k, -(-n // c)) for n, c, k in zip(shape, write_chunks(shape), per))
+
+
 def downsample(level: da.Array, shape: tuple[int, ...], dtype: np.dtype) -> da.Array:
     """Block means of ``level`` down to ``shape`` (integer factor per axis; edges padded).
 
@@ -173,20 +243,34 @@ def _package_onnx(path) -> bytes:
         return read_package(local)[0]
 
 
+def _written(array, total: int) -> int:
+    """Chunks (a sharded array: shards) of ``array`` in its store."""
+    if not getattr(array, "shards", None):
+        return array.nchunks_initialized
+    if array.nchunks_initialized == array.nchunks:  # zarr counts the chunks in the shards
+        return total
+    shards = getattr(array, "_nshards_initialized", None)  # zarr >= 3.1
+    return shards if isinstance(shards, int) else 0
+
+
 class OutputImage:
     """An image written in place, resumably (:mod:`fm2s.runs`).
 
     :meth:`create` makes the zarr arrays of level 0 and the pyramid in the output's NGFF
     version, marked as a running output; :meth:`reopen` opens those of an unfinished one.
-    Tasks write chunks into ``arrays`` and mark them in ``done``. :meth:`commit` checks
+    Tasks write chunks into ``arrays`` and mark them in ``done``; with ``shards`` (chunks
+    per shard, :func:`chunks_per_shard`) the arrays are sharded and tasks write and mark
+    whole shards. :meth:`commit` checks
     that every chunk of every level is there, writes the image metadata and the complete
     state last, and removes the run folder. A PNG or TIFF output is assembled in a hidden
     zarr (:func:`fm2s.runs.work_path`), then written to a hidden file that is renamed.
     """
 
     def __init__(self, path: Path, image: Image, dtype: np.dtype,
-                 plane_file: PlaneFile | None = None) -> None:
+                 plane_file: PlaneFile | None = None,
+                 shards: tuple[int, ...] | None = None) -> None:
         self.path = location(path)
+        self.per_shard = shards
         self.image = image
         self.dtype = np.dtype(dtype)
         self.plane_file = plane_file
@@ -264,8 +348,10 @@ class OutputImage:
                                      attributes={"fm2s": {"state": RUNNING,
                                                           "run": record or {}}})
         for dataset, shape in self._levels:
+            shards = level_shards(shape, self.per_shard)
             self.arrays.append(self.group.create_array(
                 dataset["path"], shape=shape, chunks=write_chunks(shape), dtype=self.dtype,
+                **({"shards": shards} if shards is not None else {}),
                 compressors=self.fmt.compressor(), fill_value=0,
                 config={"write_empty_chunks": True}, **self.fmt.array_options(self.image.axes)))
         if self.resumable and not is_remote(self.run_dir):
@@ -285,7 +371,8 @@ class OutputImage:
             except KeyError:
                 array = None
             if (array is None or tuple(array.shape) != tuple(shape)
-                    or array.dtype != self.dtype or array.chunks != write_chunks(shape)):
+                    or array.dtype != self.dtype or array.chunks != write_chunks(shape)
+                    or getattr(array, "shards", None) != level_shards(shape, self.per_shard)):
                 raise FM2SError(f"the unfinished output '{self.path}' does not hold the arrays "
                                 f"this run writes (level {dataset['path']}): pass --overwrite "
                                 "to start over")
@@ -294,16 +381,25 @@ class OutputImage:
             (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
         return self
 
+    def units(self, level: int) -> int:
+        """The chunks (a sharded output: shards) of ``level``: what a task writes whole."""
+        array = self.arrays[level]
+        grid = getattr(array, "shards", None) or array.chunks
+        return math.prod(-(-n // g) for n, g in zip(array.shape, grid))
+
     def missing_chunks(self) -> list[str]:
-        """Levels with chunks that were not written (``'level 0: 3 of 12 chunks missing'``)."""
+        """Levels with chunks (shards) that were not written (``'level 0: 3 of 12 chunks
+        missing'``)."""
         missing = []
         for level, ((dataset, _), array) in enumerate(zip(self._levels, self.arrays)):
-            done = array.nchunks_initialized
+            total, what = self.units(level), ("shards" if getattr(array, "shards", None)
+                                             else "chunks")
+            done = _written(array, total)
             if self.resumable:
                 done = min(done, len(self.done.listing(level)))
-            if done != array.nchunks:
-                missing.append(f"level {dataset['path']}: {array.nchunks - done} of "
-                               f"{array.nchunks} chunks missing")
+            if done != total:
+                missing.append(f"level {dataset['path']}: {total - done} of {total} {what} "
+                               "missing")
         return missing
 
     def chunks_done(self) -> int:
