@@ -173,6 +173,13 @@ Tile = Annotated[int | None, typer.Option(
     "Default: 512 on the CPU, 2048 on CUDA.", show_default=False)]
 Workers = Annotated[int | None, typer.Option(
     help="Run on a local dask cluster of N worker processes (volumes).", show_default=False)]
+ClusterKind = StrEnum("ClusterKind", {name: name for name in ("slurm", "pbs", "lsf", "sge",
+                                                              "local")})
+Cluster = Annotated[ClusterKind | None, typer.Option(
+    "--cluster", help="Run on dask workers started as batch jobs of an HPC scheduler through "
+    "dask-jobqueue, with your settings in ~/.config/dask/jobqueue.yaml; --workers N jobs "
+    "(default 1). local: its jobs as processes on this machine, to try the settings.",
+    show_default=False)]
 Scheduler = Annotated[str | None, typer.Option(
     help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (volumes; the "
     "output folder must be shared with the workers).", show_default=False)]
@@ -360,6 +367,7 @@ def train_and_apply_cmd(
     tile: Tile = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    cluster: Cluster = None,
     dtype: DtypeOpt = Dtype["input"],
     save_model: Annotated[Path | None, typer.Option(
         help="Also save the trained model(s): NAME.onnx as ONNX, NAME.zip as a bioimage.io "
@@ -397,7 +405,7 @@ def train_and_apply_cmd(
         from .batch import train_and_apply_many
 
         for name, value in (("save_model", save_model), ("preview", preview),
-                            ("shards", shards)):
+                            ("shards", shards), ("cluster", cluster)):
             if value is not None:
                 raise ParameterError(name, str(value), "is for one image: leave it out for a "
                                      "plate, a layout or several images")
@@ -421,7 +429,7 @@ def train_and_apply_cmd(
         dtype=dtype.value, save_model=save_model, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, views=views,
         preview=preview, command=_command(), progress=_progress(quiet),
-        storage_options=options, shards=shards)))
+        storage_options=options, shards=shards, cluster=cluster.value if cluster else None)))
 
 
 @app.command("apply")
@@ -438,6 +446,7 @@ def apply_cmd(
     tile: Tile = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    cluster: Cluster = None,
     dtype: DtypeOpt = Dtype["input"],
     precision: PrecisionOpt = Precision["fp32"],
     axes: Axes = None,
@@ -460,7 +469,7 @@ def apply_cmd(
     if collection is not None:
         from .batch import apply_many
 
-        for name, value in (("preview", preview), ("shards", shards)):
+        for name, value in (("preview", preview), ("shards", shards), ("cluster", cluster)):
             if value is not None:
                 raise ParameterError(name, str(value), "is for one image: leave it out for "
                                      "a plate, a layout or several images")
@@ -478,7 +487,7 @@ def apply_cmd(
         scheduler=scheduler, dtype=dtype.value, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, preview=preview,
         command=_command(), progress=_progress(quiet), storage_options=options,
-        shards=shards)))
+        shards=shards, cluster=cluster.value if cluster else None)))
 
 
 def _csv(text: str) -> tuple[str, ...]:

@@ -491,7 +491,8 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     ngff: str | None = None, precision: str = "fp32", views: int | None = None,
                     command: str | None = None, progress: ProgressDisplay | None = None,
                     storage_options: dict | str | None = None,
-                    shards: str | tuple[int, ...] | None = None, **overrides) -> RunReport:
+                    shards: str | tuple[int, ...] | None = None, cluster: str | None = None,
+                    **overrides) -> RunReport:
     """Train one model per channel on ``train_planes`` planes, then denoise every plane.
 
     Any input (OME-Zarr, zarr, TIFF stack, 2D PNG/TIFF); the output is an OME-Zarr, or a
@@ -514,6 +515,10 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     ``shards`` (NGFF 0.5 outputs): ``"auto"`` or a shard shape (one size per axis, each a
     multiple of the chunk): the arrays are sharded (zarr v3 sharding codec), fewer files;
     each write task writes whole shards (:func:`fm2s.writers.chunks_per_shard`).
+
+    ``cluster`` (``slurm``, ``pbs``, ``lsf``, ``sge``; ``local`` to try the settings on
+    this machine): run on ``workers`` (default 1) batch jobs of dask workers submitted
+    through dask-jobqueue with the user's jobqueue settings (:mod:`fm2s.cluster`).
     """
     try:
         from .model import train_model
@@ -533,13 +538,13 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     if tile is not None:
         _check_tile(tile, "cpu")
     training_planes(1, train_planes)
-    check_cluster_options(scheduler, workers)
+    check_cluster_options(scheduler, workers, cluster)
     check_precision(precision)
     if views is not None:
         overrides["views"] = views
     config = config_for(recipe, microscope, seed, image.planes_per_channel, **overrides)
     progress = progress or ProgressDisplay(quiet=True)
-    with runner(scheduler, workers) as run, RunLock(output) as lock, progress:
+    with runner(scheduler, workers, cluster) as run, RunLock(output) as lock, progress:
         stats = _channel_stats(image, run)
         settings = _settings(image, stats, dtype_out, kind, job="train-and-apply",
                              recipe=recipe, microscope=microscope, seed=seed, device=device,
@@ -592,7 +597,8 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
           progress: ProgressDisplay | None = None,
           preview: str | Path | None = None,
           storage_options: dict | str | None = None,
-          shards: str | tuple[int, ...] | None = None) -> RunReport:
+          shards: str | tuple[int, ...] | None = None,
+          cluster: str | None = None) -> RunReport:
     """Denoise any input with saved models (one for all channels or one per channel).
 
     Planes outside the range a model was trained on are mapped into it and back (see
@@ -600,7 +606,8 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
     ``precision="fp16"`` runs the network in float16 on the CUDA provider. ``resume``
     continues an interrupted run on the same output (see :func:`train_and_apply`).
     ``preview``: a ``.png`` path for the preview figure, ``storage_options`` those of URLs,
-    ``shards`` the output's shards (see :func:`train_and_apply`).
+    ``shards`` the output's shards, ``cluster`` batch jobs of workers (see
+    :func:`train_and_apply`).
     """
     storage_options = check_storage_options(storage_options)
     refuse_unfinished(str(source), storage_options)
@@ -608,7 +615,7 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
     dtype_out = _out_dtype(image, dtype)
     output, kind = _check_output(image, output, overwrite, resume, dtype_out, storage_options)
     per_shard = _check_shards(image, kind, shards)
-    check_cluster_options(scheduler, workers)
+    check_cluster_options(scheduler, workers, cluster)
     check_precision(precision, provider)
     tile = _check_tile(tile, provider)
     paths = resolve_models(model, image.channels)
@@ -625,7 +632,7 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
                for p, r in zip(paths, runtimes)]
     halo = max(r.halo for r in runtimes)
     progress = progress or ProgressDisplay(quiet=True)
-    with runner(scheduler, workers) as run, RunLock(output) as lock, progress:
+    with runner(scheduler, workers, cluster) as run, RunLock(output) as lock, progress:
         stats = _channel_stats(image, run)
         settings = _settings(image, stats, dtype_out, kind, job="apply",
                              models=[r.sha256 for r in runtimes],
