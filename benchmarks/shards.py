@@ -37,7 +37,7 @@ from fm2s.formats import V05
 from fm2s.readers import Image
 from fm2s.recipes import DEFAULT_RECIPE
 from fm2s.tiling import aligned, write_grid, write_tasks
-from fm2s.writers import OutputImage, chunks_per_shard, downsample
+from fm2s.writers import OutputImage, downsample, shard_shapes
 
 
 def _files(root: Path) -> tuple[int, int]:
@@ -78,7 +78,7 @@ def _write(path: Path, data: da.Array, levels: list[tuple[int, ...]], shards) ->
             {"type": "scale", "scale": [1.0, 1.0, 1.0, 2.0**i, 2.0**i]}]}
             for i, n in enumerate(names)]}
     image = Image(data, "tczyx", "synthetic", "synthetic", V05, ms, levels)
-    per = chunks_per_shard(levels[0], shards, V05)
+    per = shard_shapes(levels, shards, V05)
     start = time.perf_counter()
     out = OutputImage(path, image, np.dtype(np.uint16), shards=per).create(resumable=False)
     blocks = data.rechunk((1, 1, 1, 2048, 2048))  # the denoised blocks of a job

@@ -64,10 +64,10 @@ from .tiling import (
 from .writers import (
     OutputImage,
     check_new_path,
-    chunks_per_shard,
     default_output,
     downsample,
     output_kind,
+    shard_shapes,
 )
 
 
@@ -345,7 +345,7 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
     start = time.perf_counter()
     denoised = denoise_array(image.data, models, halo, tile, c_axis, out.dtype, provider,
                              maps=maps, precision=precision)
-    if out.per_shard is not None:  # one task per shard: each written whole, by one task
+    if out.shards is not None:  # one task per shard: each written whole, by one task
         denoised = aligned(denoised, write_grid(out.arrays[0]))
     blocks = pending_blocks(denoised, out.arrays[0], out.done, 0)
     tiles, voxels = _block_weights(denoised, tile)
@@ -355,7 +355,7 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
     for level in range(1, len(out.arrays)):
         source = da.from_zarr(out.arrays[level - 1])
         small = downsample(source, image.level_shapes[level], out.dtype)
-        if out.per_shard is not None:
+        if out.shards is not None:
             small = aligned(small, write_grid(out.arrays[level]))
         blocks = pending_blocks(small, out.arrays[level], out.done, level)
         tasks = write_tasks(small, out.arrays[level], out.done, level, blocks)
@@ -424,13 +424,13 @@ def _finish(image: Image, out: OutputImage, record: dict, stats: np.ndarray,
                      resumed=bool(record.get("resumed")), denoised_voxels=voxels)
 
 
-def _check_shards(image: Image, kind, shards) -> tuple[int, ...] | None:
-    """Chunks per shard of the output (None: unsharded); refuses shards of a PNG or TIFF
-    output or of an NGFF 0.4 one. Writes nothing."""
+def _check_shards(image: Image, kind, shards) -> list[tuple[int, ...]] | None:
+    """The shard shape of each level of the output (None: unsharded); refuses shards of a
+    PNG or TIFF output or of an NGFF 0.4 one. Writes nothing."""
     if shards is not None and kind is not None:
         raise ParameterError("shards", str(shards), f"shards are for OME-Zarr outputs, not "
                              f"a {kind.name} file: leave them out")
-    return chunks_per_shard(tuple(image.data.shape), shards, image.ngff)
+    return shard_shapes([tuple(s) for s in image.level_shapes], shards, image.ngff)
 
 
 def _settings(image: Image, stats: np.ndarray, out_dtype: np.dtype, kind, **settings) -> dict:
@@ -443,10 +443,10 @@ def _settings(image: Image, stats: np.ndarray, out_dtype: np.dtype, kind, **sett
         "ngff": image.ngff.version, **settings}))
 
 
-def _shard_setting(per_shard: tuple[int, ...] | None) -> dict:
+def _shard_setting(shards: list[tuple[int, ...]] | None) -> dict:
     """The shards in a run's settings (none when unsharded: the settings of unsharded
     runs stay those of earlier versions)."""
-    return {} if per_shard is None else {"chunks_per_shard": list(per_shard)}
+    return {} if shards is None else {"shards": [list(s) for s in shards]}
 
 
 def _noting(lock: RunLock, report: RunReport) -> RunReport:
@@ -514,7 +514,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
 
     ``shards`` (NGFF 0.5 outputs): ``"auto"`` or a shard shape (one size per axis, each a
     multiple of the chunk): the arrays are sharded (zarr v3 sharding codec), fewer files;
-    each write task writes whole shards (:func:`fm2s.writers.chunks_per_shard`).
+    each write task writes whole shards (:func:`fm2s.writers.shard_shapes`).
 
     ``cluster`` (``slurm``, ``pbs``, ``lsf``, ``sge``; ``local`` to try the settings on
     this machine): run on ``workers`` (default 1) batch jobs of dask workers submitted
@@ -531,7 +531,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     image = open_image(source, axes, ngff, storage_options)
     dtype_out = _out_dtype(image, dtype)
     output, kind = _check_output(image, output, overwrite, resume, dtype_out, storage_options)
-    per_shard = _check_shards(image, kind, shards)
+    shard_shape = _check_shards(image, kind, shards)
     resuming = resume and unfinished(output, kind is not None) is not None
     paths = model_paths(save_model, image.channels, overwrite or resuming)
     preview = _check_preview(preview, output, image.source, overwrite)
@@ -549,8 +549,8 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
         settings = _settings(image, stats, dtype_out, kind, job="train-and-apply",
                              recipe=recipe, microscope=microscope, seed=seed, device=device,
                              train_planes=train_planes, overrides=overrides,
-                             precision=precision, **_shard_setting(per_shard))
-        out = OutputImage(output, image, dtype_out, kind, per_shard)
+                             precision=precision, **_shard_setting(shard_shape))
+        out = OutputImage(output, image, dtype_out, kind, shard_shape)
         record = out.start(settings, command, overwrite, resume)
         with resumable(output):
             models, references, records, halos = [], [], [], []
@@ -614,7 +614,7 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
     image = open_image(source, axes, ngff, storage_options)
     dtype_out = _out_dtype(image, dtype)
     output, kind = _check_output(image, output, overwrite, resume, dtype_out, storage_options)
-    per_shard = _check_shards(image, kind, shards)
+    shard_shape = _check_shards(image, kind, shards)
     check_cluster_options(scheduler, workers, cluster)
     check_precision(precision, provider)
     tile = _check_tile(tile, provider)
@@ -637,8 +637,8 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
         settings = _settings(image, stats, dtype_out, kind, job="apply",
                              models=[r.sha256 for r in runtimes],
                              provider=resolve_provider(provider), precision=precision,
-                             **_shard_setting(per_shard))
-        out = OutputImage(output, image, dtype_out, kind, per_shard)
+                             **_shard_setting(shard_shape))
+        out = OutputImage(output, image, dtype_out, kind, shard_shape)
         record = out.start(settings, command, overwrite, resume)
         with resumable(output):
             report = _noting(lock, _finish(image, out, record, stats, models,

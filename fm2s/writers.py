@@ -144,13 +144,15 @@ AUTO_SHARD_VOXELS = 4096 * 4096
 AUTO_SHARD_SIDE = 4096
 
 
-def chunks_per_shard(shape: tuple[int, ...], shards, fmt: NgffFormat) -> tuple[int, ...] | None:
-    """Chunks per shard along each axis of level 0 (None: unsharded).
+def shard_shapes(level_shapes: list[tuple[int, ...]], shards,
+                 fmt: NgffFormat) -> list[tuple[int, ...]] | None:
+    """The shard shape of each level (None: unsharded).
 
-    ``shards``: None, ``"auto"`` (whole planes up to 4096 x 4096 pixels, then planes along
-    the axes before Y up to :data:`AUTO_SHARD_VOXELS` voxels) or a shard shape, one side
-    per axis, each a multiple of the chunk (1 before Y, 1024 in Y and X) or at least the
-    image's side.
+    ``shards``: None; ``"auto"``: for each level, whole planes up to 4096 x 4096 pixels,
+    then planes along the axes before Y (z, then c, then t) up to
+    :data:`AUTO_SHARD_VOXELS` voxels; or the shard shape of level 0, one size per axis,
+    each a multiple of the chunk (1 before Y, 1024 in Y and X) or at least the image's
+    side (the levels below keep its chunks per shard, fewer where they hold fewer).
 
     Raises
     ------
@@ -163,24 +165,37 @@ def chunks_per_shard(shape: tuple[int, ...], shards, fmt: NgffFormat) -> tuple[i
         raise ParameterError("shards", _text(shards), "shards need an NGFF 0.5 (zarr v3) "
                              "output: leave them out, or pass --ngff 0.5 (OME-Zarr 0.4 input "
                              "keeps its version)")
-    chunks = write_chunks(shape)
     if isinstance(shards, str) and shards.strip().lower() == "auto":
-        per = [1] * len(shape)
-        for ax in (-2, -1):
-            per[ax] = min(-(-shape[ax] // chunks[ax]), max(1, AUTO_SHARD_SIDE // chunks[ax]))
-        voxels = math.prod(c * k for c, k in zip(chunks, per))
-        for ax in reversed(range(len(shape) - 2)):  # z, then c, then t
-            per[ax] = max(1, min(shape[ax], AUTO_SHARD_VOXELS // voxels))
-            voxels *= per[ax]
-            if per[ax] < shape[ax]:
-                break
-        return tuple(per)
+        return [_auto_shard(shape) for shape in level_shapes]
+    per = _chunks_per_shard(tuple(level_shapes[0]), shards)
+    return [tuple(c * min(k, -(-n // c)) for n, c, k in zip(shape, write_chunks(shape), per))
+            for shape in level_shapes]
+
+
+def _auto_shard(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``--shards auto`` for one level of ``shape``."""
+    chunks = write_chunks(shape)
+    per = [1] * len(shape)
+    for ax in (-2, -1):
+        per[ax] = min(-(-shape[ax] // chunks[ax]), max(1, AUTO_SHARD_SIDE // chunks[ax]))
+    voxels = math.prod(c * k for c, k in zip(chunks, per))
+    for ax in reversed(range(len(shape) - 2)):  # z, then c, then t
+        per[ax] = max(1, min(shape[ax], AUTO_SHARD_VOXELS // voxels))
+        voxels *= per[ax]
+        if per[ax] < shape[ax]:
+            break
+    return tuple(c * k for c, k in zip(chunks, per))
+
+
+def _chunks_per_shard(shape: tuple[int, ...], shards) -> tuple[int, ...]:
+    """Chunks per shard along each axis of a shard shape ``shards`` of level 0."""
+    chunks = write_chunks(shape)
     if isinstance(shards, str):
         try:
             shards = tuple(int(p) for p in shards.split(","))
         except ValueError:
             raise ParameterError("shards", shards, "give auto or one size per axis, e.g. "
-                                 "1,1,1,2048,2048") from None
+                                 "1,1,1,4096,4096") from None
     shards = tuple(int(s) for s in shards)
     if len(shards) != len(shape):
         raise ParameterError("shards", _text(shards), f"give one size per axis of the image "
@@ -197,14 +212,6 @@ def chunks_per_shard(shape: tuple[int, ...], shards, fmt: NgffFormat) -> tuple[i
 
 def _text(shards) -> str:
     return shards if isinstance(shards, str) else ",".join(map(str, shards))
-
-
-def level_shards(shape: tuple[int, ...], per: tuple[int, ...] | None) -> tuple[int, ...] | None:
-    """The shard shape of a level of ``shape``: ``per`` chunks per shard (fewer where the
-    level holds fewer)."""
-    if per is None:
-        return None
-    return tuple(c * min(k, -(-n // c)) for n, c, k in zip(shape, write_chunks(shape), per))
 
 
 def downsample(level: da.Array, shape: tuple[int, ...], dtype: np.dtype) -> da.Array:
@@ -259,7 +266,7 @@ class OutputImage:
     :meth:`create` makes the zarr arrays of level 0 and the pyramid in the output's NGFF
     version, marked as a running output; :meth:`reopen` opens those of an unfinished one.
     Tasks write chunks into ``arrays`` and mark them in ``done``; with ``shards`` (chunks
-    per shard, :func:`chunks_per_shard`) the arrays are sharded and tasks write and mark
+    shape of each level, :func:`shard_shapes`) the arrays are sharded and tasks write and mark
     whole shards. :meth:`commit` checks
     that every chunk of every level is there, writes the image metadata and the complete
     state last, and removes the run folder. A PNG or TIFF output is assembled in a hidden
@@ -268,9 +275,9 @@ class OutputImage:
 
     def __init__(self, path: Path, image: Image, dtype: np.dtype,
                  plane_file: PlaneFile | None = None,
-                 shards: tuple[int, ...] | None = None) -> None:
+                 shards: list[tuple[int, ...]] | None = None) -> None:
         self.path = location(path)
-        self.per_shard = shards
+        self.shards = shards
         self.image = image
         self.dtype = np.dtype(dtype)
         self.plane_file = plane_file
@@ -347,8 +354,8 @@ class OutputImage:
                                      zarr_format=self.fmt.zarr_format,
                                      attributes={"fm2s": {"state": RUNNING,
                                                           "run": record or {}}})
-        for dataset, shape in self._levels:
-            shards = level_shards(shape, self.per_shard)
+        for level, (dataset, shape) in enumerate(self._levels):
+            shards = self._shards(level)
             self.arrays.append(self.group.create_array(
                 dataset["path"], shape=shape, chunks=write_chunks(shape), dtype=self.dtype,
                 **({"shards": shards} if shards is not None else {}),
@@ -365,14 +372,14 @@ class OutputImage:
                 if _PARTIAL.fullmatch(path.name):
                     path.unlink(missing_ok=True)
         self.group = zarr.open_group(zarr_store(self.zarr_path), mode="r+")
-        for dataset, shape in self._levels:
+        for level, (dataset, shape) in enumerate(self._levels):
             try:
                 array = self.group[dataset["path"]]
             except KeyError:
                 array = None
             if (array is None or tuple(array.shape) != tuple(shape)
                     or array.dtype != self.dtype or array.chunks != write_chunks(shape)
-                    or getattr(array, "shards", None) != level_shards(shape, self.per_shard)):
+                    or getattr(array, "shards", None) != self._shards(level)):
                 raise FM2SError(f"the unfinished output '{self.path}' does not hold the arrays "
                                 f"this run writes (level {dataset['path']}): pass --overwrite "
                                 "to start over")
@@ -380,6 +387,9 @@ class OutputImage:
         if not is_remote(self.run_dir):
             (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
         return self
+
+    def _shards(self, level: int) -> tuple[int, ...] | None:
+        return None if self.shards is None else tuple(self.shards[level])
 
     def units(self, level: int) -> int:
         """The chunks (a sharded output: shards) of ``level``: what a task writes whole."""

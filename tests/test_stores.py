@@ -121,6 +121,7 @@ def test_apply_with_two_workers_s3_to_s3_writes_the_bytes_of_a_local_run(s3, s3_
                                    "2", "--storage-options", s3.json, "-q"])
     assert res.exit_code == 0, res.output
     assert "2 workers" in res.output and f"-> {url}" in res.output
+    assert "warning" not in res.output.lower()
     _same_as_local(s3, url, local, tmp_path)
 
 
