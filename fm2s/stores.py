@@ -65,6 +65,8 @@ def location(source, storage_options: dict | None = None):
     if is_remote(source):
         return source  # a UPath already
     text = str(source)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
     if not is_url(text):
         return Path(text).absolute()
     import fsspec

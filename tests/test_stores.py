@@ -76,6 +76,10 @@ def _same_as_local(s3, url: str, local: Path, tmp_path: Path) -> None:
 def test_urls_and_storage_options_are_recognised():
     assert is_url("s3://bucket/a.ome.zarr") and is_url("https://host/a.zarr")
     assert not is_url("a.ome.zarr") and not is_url("/data/s3:/x")
+    assert location("file:///data/a.zarr") == Path("/data/a.zarr")
+    assert location("s3://bucket/a.zarr/", {"anon": True}).storage_options["anon"] is True
+    with pytest.raises(Exception, match="no fsspec file system for 'nosuchfs://'"):
+        location("nosuchfs://bucket/a.zarr")
     assert check_storage_options('{"anon": true}') == {"anon": True}
     with pytest.raises(Exception, match="JSON"):
         check_storage_options("{anon: true}")
@@ -223,3 +227,22 @@ def test_store_problems_are_one_line_errors_before_training(s3, s3_input, case, 
     assert expected in lines[0], lines[0]
     assert not trained and _objects(s3) == before
     assert not list(tmp_path.iterdir())
+
+
+def test_any_fsspec_protocol_is_an_output(volume, quick_model, tmp_path):
+    """A protocol other than S3 (fsspec's in-memory file system, a synchronous one): the
+    bytes of the local output."""
+    import fsspec
+
+    local = tmp_path / "local.ome.zarr"
+    apply(quick_model, volume, local)
+    url = "memory://fm2s-test/out.ome.zarr"
+    report = apply(quick_model, volume, url)
+    assert report.output == url and info(url).written_by["state"] == "complete"
+    fs = fsspec.filesystem("memory")
+    try:
+        copy = tmp_path / "copy.ome.zarr"
+        fs.get("/fm2s-test/out.ome.zarr/", str(copy), recursive=True)
+        assert tree_bytes(copy) == tree_bytes(local)
+    finally:
+        fs.rm("/fm2s-test", recursive=True)
