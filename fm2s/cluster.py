@@ -218,9 +218,13 @@ def jobqueue_cluster(cluster: str, jobs: int):
 
     module = importlib.import_module("dask_jobqueue" if cluster != "local" else
                                      "dask_jobqueue.local")
+    # the user's scheduler options; the scheduler's web server on a free port unless they
+    # name one (a second run beside another would warn that 8787 is taken)
+    options = dict(dask.config.get(f"jobqueue.{cluster}.scheduler-options", None) or {})
+    options.setdefault("dashboard_address", ":0")
     try:
         with dask.config.set({"logging.distributed": "error"}):
-            queue = getattr(module, JOBQUEUE[cluster])()
+            queue = getattr(module, JOBQUEUE[cluster])(scheduler_options=options)
     except ValueError as exc:
         detail = " ".join(str(exc).split())[:160]
         raise ParameterError("cluster", cluster, f"dask-jobqueue has no settings for it "
