@@ -246,3 +246,19 @@ def test_any_fsspec_protocol_is_an_output(volume, quick_model, tmp_path):
         assert tree_bytes(copy) == tree_bytes(local)
     finally:
         fs.rm("/fm2s-test", recursive=True)
+
+
+def test_an_existing_s3_output_is_refused_then_overwritten(s3, s3_input, quick_model):
+    s3.bucket("fm2s-again")
+    url = "s3://fm2s-again/out.ome.zarr"
+    base = ["apply", str(quick_model), s3_input, "-o", url, "--storage-options", s3.json, "-q"]
+    assert CliRunner().invoke(app, base).exit_code == 0
+    keys = s3.keys()
+    for extra, words in (([], "exists"), (["--resume"], "complete already")):
+        res = CliRunner().invoke(app, base + extra)
+        assert res.exit_code == 1 and words in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert s3.keys() == keys  # nothing written
+    res = CliRunner().invoke(app, base + ["--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert info(url, storage_options=s3.options).written_by["state"] == "complete"
