@@ -544,13 +544,13 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
         overrides["views"] = views
     config = config_for(recipe, microscope, seed, image.planes_per_channel, **overrides)
     progress = progress or ProgressDisplay(quiet=True)
-    with runner(scheduler, workers, cluster) as run, RunLock(output) as lock, progress:
+    out = OutputImage(output, image, dtype_out, kind, shard_shape)
+    with runner(scheduler, workers, cluster) as run, out.lock() as lock, progress:
         stats = _channel_stats(image, run)
         settings = _settings(image, stats, dtype_out, kind, job="train-and-apply",
                              recipe=recipe, microscope=microscope, seed=seed, device=device,
                              train_planes=train_planes, overrides=overrides,
                              precision=precision, **_shard_setting(shard_shape))
-        out = OutputImage(output, image, dtype_out, kind, shard_shape)
         record = out.start(settings, command, overwrite, resume)
         with resumable(output):
             models, references, records, halos = [], [], [], []
@@ -632,13 +632,13 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
                for p, r in zip(paths, runtimes)]
     halo = max(r.halo for r in runtimes)
     progress = progress or ProgressDisplay(quiet=True)
-    with runner(scheduler, workers, cluster) as run, RunLock(output) as lock, progress:
+    out = OutputImage(output, image, dtype_out, kind, shard_shape)
+    with runner(scheduler, workers, cluster) as run, out.lock() as lock, progress:
         stats = _channel_stats(image, run)
         settings = _settings(image, stats, dtype_out, kind, job="apply",
                              models=[r.sha256 for r in runtimes],
                              provider=resolve_provider(provider), precision=precision,
                              **_shard_setting(shard_shape))
-        out = OutputImage(output, image, dtype_out, kind, shard_shape)
         record = out.start(settings, command, overwrite, resume)
         with resumable(output):
             report = _noting(lock, _finish(image, out, record, stats, models,

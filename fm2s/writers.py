@@ -29,6 +29,7 @@ from .runs import (
     RUN_DIR,
     RUNNING,
     Done,
+    RunLock,
     check_settings,
     leftovers,
     os_message,
@@ -288,6 +289,11 @@ class OutputImage:
         self.group = None
         self.arrays: list = []
         self.resumable = True
+
+    def lock(self) -> RunLock:
+        """The output's lock (a context manager): one run writes it at a time (on object
+        storage a lock object that does not stop a second run: :class:`fm2s.runs.RunLock`)."""
+        return RunLock(self.path)
 
     def start(self, settings: dict, command: str | None, overwrite: bool,
               resume: bool) -> dict:
