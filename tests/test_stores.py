@@ -89,12 +89,20 @@ def test_urls_and_storage_options_are_recognised():
 
 
 def test_train_and_apply_s3_to_s3_writes_the_bytes_of_a_local_run(s3, s3_input, local_run,
-                                                                   tmp_path):
+                                                                   tmp_path, monkeypatch):
+    """The command as a user types it (with the test's short training schedule)."""
+    import fm2s.jobs
+
+    config_for = fm2s.jobs.config_for
+    monkeypatch.setattr(fm2s.jobs, "config_for",
+                        lambda *a, **k: config_for(*a, **{**k, **QUICK}))
     s3.bucket("fm2s-out")
     url = "s3://fm2s-out/denoised/stack.fm2s.ome.zarr"
-    report = train_and_apply(s3_input, url, device="cpu", train_planes=3,
-                             storage_options=s3.json, **QUICK)
-    assert report.output == url and report.source == s3_input
+    res = CliRunner().invoke(app, ["train-and-apply", s3_input, "-o", url, "--storage-options",
+                                   s3.json, "--device", "cpu", "--train-planes", "3", "-q"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"{s3_input} -> {url}: OME-Zarr")
+    assert "warning" not in res.output.lower()
     _same_as_local(s3, url, local_run, tmp_path)
     assert not [k for k in s3.keys() if "fm2s-lock" in k or ".fm2s-run" in k]
     written = info(url, storage_options=s3.options)
