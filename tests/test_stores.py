@@ -164,7 +164,7 @@ KILLED = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_a_killed_s3_run_resumes_to_the_same_bytes_without_rewriting_a_chunk(
-        s3, s3_input, local_run, tmp_path):
+        s3, s3_input, local_run, tmp_path, monkeypatch):
     bucket = s3.bucket("fm2s-resume", versioned=True)  # every write of a key is kept
     url = f"s3://{bucket}/stack.fm2s.ome.zarr"
     killed = subprocess.run([sys.executable, "-c", KILLED, s3_input, url, s3.json, "5"],
@@ -182,8 +182,15 @@ def test_a_killed_s3_run_resumes_to_the_same_bytes_without_rewriting_a_chunk(
                                    s3.json])
     assert res.exit_code == 1 and "--resume" in res.output
 
+    import fm2s.model
+
+    trained = []
+    train = fm2s.model.train_model
+    monkeypatch.setattr(fm2s.model, "train_model",
+                        lambda *a, **k: trained.append(1) or train(*a, **k))
     report = train_and_apply(s3_input, url, device="cpu", train_planes=3, resume=True,
                              storage_options=s3.options, **QUICK)
+    assert not trained  # the models kept on S3 are reused
     assert report.resumed and report.chunks_before == len(marked)
     assert report.chunks_written == 24 - len(marked)
     assert any("taken over" in w for w in report.warnings)
