@@ -262,13 +262,14 @@ def _written(array, total: int) -> int:
 
 
 class OutputImage:
-    """An image written in place, resumably (:mod:`fm2s.runs`).
+    """An image written in place, resumably (:mod:`fm2s.runs`), at a local path or a URL
+    on object storage (:func:`fm2s.stores.location`).
 
     :meth:`create` makes the zarr arrays of level 0 and the pyramid in the output's NGFF
     version, marked as a running output; :meth:`reopen` opens those of an unfinished one.
-    Tasks write chunks into ``arrays`` and mark them in ``done``; with ``shards`` (chunks
-    shape of each level, :func:`shard_shapes`) the arrays are sharded and tasks write and mark
-    whole shards. :meth:`commit` checks
+    Tasks write chunks into ``arrays`` and mark them in ``done``; with ``shards`` (the
+    shard shape of each level, :func:`shard_shapes`) the arrays are sharded and tasks write
+    and mark whole shards. :meth:`commit` checks
     that every chunk of every level is there, writes the image metadata and the complete
     state last, and removes the run folder. A PNG or TIFF output is assembled in a hidden
     zarr (:func:`fm2s.runs.work_path`), then written to a hidden file that is renamed.
