@@ -210,7 +210,8 @@ def _objects(s3) -> dict[str, int]:
     return s3.keys()
 
 
-@pytest.mark.parametrize("case", ["credentials", "bucket", "endpoint"])
+@pytest.mark.parametrize("case", ["credentials", "bucket", pytest.param(
+    "endpoint", marks=pytest.mark.slow)])  # botocore retries the connection (about 14 s)
 def test_store_problems_are_one_line_errors_before_training(s3, s3_input, case, monkeypatch,
                                                             tmp_path):
     import fm2s.model
