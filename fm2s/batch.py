@@ -593,7 +593,8 @@ def unfinished_collection(path: str | Path) -> dict | None:
 
 
 def describe(sources: list[str] | tuple[str, ...] | str, images: str | None = None,
-             axes: str | None = None) -> jobs.InfoReport | CollectionInfo:
+             axes: str | None = None,
+             storage_options: dict | str | None = None) -> jobs.InfoReport | CollectionInfo:
     """What ``info`` reports: an unfinished plate or layout output (what is complete), a
     collection (its images and what would be done), or one image (:func:`fm2s.jobs.info`)."""
     from .layouts import open_collection
@@ -606,9 +607,12 @@ def describe(sources: list[str] | tuple[str, ...] | str, images: str | None = No
 
             empty = Collection(run["settings"].get("layout", IMAGES), str(one[0]), [])
             return CollectionInfo(empty, [], None, 0, unfinished=run)
-    collection = open_collection(one, images)
+    from .stores import check_storage_options
+
+    storage_options = check_storage_options(storage_options)
+    collection = open_collection(one, images, storage_options)
     if collection is None:
-        return jobs.info(one[0], axes)
+        return jobs.info(one[0], axes, storage_options)
     return info_many(collection)
 
 

@@ -135,19 +135,30 @@ Ngff = StrEnum("Ngff", {"v04": "0.4", "v05": "0.5"})
 Precision = StrEnum("Precision", {name: name for name in ("fp32", "fp16")})
 
 InPath = Annotated[str, typer.Argument(
-    help="Input: OME-Zarr image (local or http(s) URL), zarr array, TIFF stack, or a "
+    help="Input: OME-Zarr image (local, or a URL: s3://, http(s)://), zarr array, TIFF stack, or a "
     "single-channel PNG/TIFF image.", show_default=False)]
 InPaths = Annotated[list[str], typer.Argument(
-    help="Input: OME-Zarr image (local or http(s) URL), zarr array, TIFF stack, or a "
+    help="Input: OME-Zarr image (local, or a URL: s3://, http(s)://), zarr array, TIFF stack, or a "
     "single-channel PNG/TIFF image; or many: an HCS plate, a bioformats2raw layout, a folder "
     "or glob of images, or several paths (see docs/guides/plates.md).", show_default=False)]
 Images = Annotated[str | None, typer.Option(
     "--images", metavar="PATTERNS", help="Which images of a plate, layout or folder: "
     "comma-separated patterns, e.g. 'B/3/*' (fields of well B/3), '0,2' (series), '*_1.png'. "
     "Default: all.", show_default=False)]
-OutPath = Annotated[Path | None, typer.Option(
-    "-o", "--output", help="Output. Default: next to the input, '.fm2s' before the extension "
-    "(volumes: an OME-Zarr, e.g. stack.fm2s.ome.zarr).", show_default=False)]
+OutPath = Annotated[str | None, typer.Option(
+    "-o", "--output", help="Output: a path, or a URL such as s3://bucket/stack.fm2s.ome.zarr. "
+    "Default: next to the input, '.fm2s' before the extension (volumes: an OME-Zarr, e.g. "
+    "stack.fm2s.ome.zarr).", show_default=False)]
+StorageOptions = Annotated[str | None, typer.Option(
+    "--storage-options", metavar="JSON", help="fsspec options of s3:// (or other) URLs, "
+    "e.g. '{\"endpoint_url\": \"http://minio:9000\"}', '{\"anon\": true}', "
+    "'{\"profile\": \"lab\"}'. Credentials otherwise come from the environment "
+    "(AWS_ACCESS_KEY_ID, AWS_PROFILE, ~/.aws).", show_default=False)]
+Shards = Annotated[str | None, typer.Option(
+    "--shards", metavar="auto|SHAPE", help="Write sharded arrays (NGFF 0.5 outputs; zarr v3 "
+    "sharding): many chunks in one file, far fewer files. auto: whole planes up to 4096 x "
+    "4096 pixels (small planes: stacks of them); or a shard shape, one size per axis, e.g. "
+    "1,1,1,4096,4096. Default: one file per chunk.", show_default=False)]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 Preview = Annotated[Path | None, typer.Option(
     "--preview", metavar="PATH.png", help="Also write a PNG of a crop of the raw input, the "
@@ -162,6 +173,13 @@ Tile = Annotated[int | None, typer.Option(
     "Default: 512 on the CPU, 2048 on CUDA.", show_default=False)]
 Workers = Annotated[int | None, typer.Option(
     help="Run on a local dask cluster of N worker processes (volumes).", show_default=False)]
+ClusterKind = StrEnum("ClusterKind", {name: name for name in ("slurm", "pbs", "lsf", "sge",
+                                                              "local")})
+Cluster = Annotated[ClusterKind | None, typer.Option(
+    "--cluster", help="Run on dask workers started as batch jobs of an HPC scheduler through "
+    "dask-jobqueue, with your settings in ~/.config/dask/jobqueue.yaml; --workers N jobs "
+    "(default 1). local: its jobs as processes on this machine, to try the settings.",
+    show_default=False)]
 Scheduler = Annotated[str | None, typer.Option(
     help="Run on an existing dask.distributed cluster, e.g. tcp://10.0.0.5:8786 (volumes; the "
     "output folder must be shared with the workers).", show_default=False)]
@@ -349,6 +367,7 @@ def train_and_apply_cmd(
     tile: Tile = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    cluster: Cluster = None,
     dtype: DtypeOpt = Dtype["input"],
     save_model: Annotated[Path | None, typer.Option(
         help="Also save the trained model(s): NAME.onnx as ONNX, NAME.zip as a bioimage.io "
@@ -373,6 +392,8 @@ def train_and_apply_cmd(
         "models as one batched program (each the model it would be alone, up to float "
         "rounding), or one at a time. Default: together on CUDA, one at a time on a CPU "
         "(batching was slower there when measured).", show_default=False)] = None,
+    shards: Shards = None,
+    storage_options: StorageOptions = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
@@ -381,12 +402,15 @@ def train_and_apply_cmd(
     plate, layout or folder: every image, into the same layout."""
     from .jobs import train_and_apply
     from .layouts import open_collection
+    from .stores import check_storage_options
 
-    collection = open_collection(inputs, images)
+    options = check_storage_options(storage_options)
+    collection = open_collection(inputs, images, options)
     if collection is not None:
         from .batch import train_and_apply_many
 
-        for name, value in (("save_model", save_model), ("preview", preview)):
+        for name, value in (("save_model", save_model), ("preview", preview),
+                            ("shards", shards), ("cluster", cluster)):
             if value is not None:
                 raise ParameterError(name, str(value), "is for one image: leave it out for a "
                                      "plate, a layout or several images")
@@ -409,7 +433,8 @@ def train_and_apply_cmd(
         seed=seed, train_planes=train_planes, tile=tile, workers=workers, scheduler=scheduler,
         dtype=dtype.value, save_model=save_model, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, views=views,
-        preview=preview, batched=together, command=_command(), progress=_progress(quiet))))
+        preview=preview, batched=together, command=_command(), progress=_progress(quiet),
+        storage_options=options, shards=shards, cluster=cluster.value if cluster else None)))
 
 
 @app.command("apply")
@@ -426,12 +451,15 @@ def apply_cmd(
     tile: Tile = None,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    cluster: Cluster = None,
     dtype: DtypeOpt = Dtype["input"],
     precision: PrecisionOpt = Precision["fp32"],
     axes: Axes = None,
     ngff: NgffOpt = None,
     preview: Preview = None,
     images: Images = None,
+    shards: Shards = None,
+    storage_options: StorageOptions = None,
     overwrite: Overwrite = False,
     resume: Resume = False,
     quiet: Quiet = False,
@@ -439,14 +467,17 @@ def apply_cmd(
     """Denoise with saved model(s), no training (needs no torch)."""
     from .jobs import apply
     from .layouts import open_collection
+    from .stores import check_storage_options
 
-    collection = open_collection(inputs, images)
+    options = check_storage_options(storage_options)
+    collection = open_collection(inputs, images, options)
     if collection is not None:
         from .batch import apply_many
 
-        if preview is not None:
-            raise ParameterError("preview", str(preview), "is for one image: leave it out for "
-                                 "a plate, a layout or several images")
+        for name, value in (("preview", preview), ("shards", shards), ("cluster", cluster)):
+            if value is not None:
+                raise ParameterError(name, str(value), "is for one image: leave it out for "
+                                     "a plate, a layout or several images")
         report = apply_many(
             model, collection, output, provider=provider.value, tile=tile, workers=workers,
             scheduler=scheduler, dtype=dtype.value, axes=axes,
@@ -460,7 +491,8 @@ def apply_cmd(
         model, inputs[0], output, provider=provider.value, tile=tile, workers=workers,
         scheduler=scheduler, dtype=dtype.value, overwrite=overwrite, resume=resume, axes=axes,
         ngff=ngff.value if ngff else None, precision=precision.value, preview=preview,
-        command=_command(), progress=_progress(quiet))))
+        command=_command(), progress=_progress(quiet), storage_options=options,
+        shards=shards, cluster=cluster.value if cluster else None)))
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -557,12 +589,13 @@ def bench_cmd(
 
 
 @app.command("info")
-def info_cmd(inputs: InPaths, axes: Axes = None, images: Images = None) -> None:
+def info_cmd(inputs: InPaths, axes: Axes = None, images: Images = None,
+             storage_options: StorageOptions = None) -> None:
     """Say what the input holds (format, axes, shape, levels, scale, channels); for a plate,
     a layout or a folder, each image and what train-and-apply would do."""
     from .batch import describe
 
-    typer.echo(format_info(describe(inputs, images, axes)))
+    typer.echo(format_info(describe(inputs, images, axes, storage_options)))
 
 
 @app.command("sample")

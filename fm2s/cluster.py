@@ -1,5 +1,6 @@
 """Where dask tasks run: local threads (default), a local cluster of worker processes,
-or an existing dask.distributed cluster."""
+an existing dask.distributed cluster, or workers started as batch jobs of an HPC scheduler
+(SLURM, PBS, LSF, SGE) through dask-jobqueue with the user's jobqueue settings."""
 
 from __future__ import annotations
 
@@ -101,9 +102,25 @@ class Runner:
             return
 
 
-def check_cluster_options(scheduler: str | None, workers: int | None) -> None:
-    """Refuse ``scheduler`` with ``workers``, a worker count below 1 and a malformed
-    scheduler address (before any work)."""
+#: ``--cluster`` names: dask-jobqueue's cluster classes (``local``: its local job class,
+#: jobs as processes on this machine, to try the settings)
+JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster",
+            "sge": "SGECluster", "local": "LocalCluster"}
+
+
+def check_cluster_options(scheduler: str | None, workers: int | None,
+                          cluster: str | None = None) -> None:
+    """Refuse ``scheduler`` with ``workers`` or ``cluster``, a worker count below 1, an
+    unknown cluster kind and a malformed scheduler address (before any work)."""
+    if cluster is not None:
+        if cluster not in JOBQUEUE:
+            raise ParameterError("cluster", cluster, f"choose one of {', '.join(JOBQUEUE)}")
+        if scheduler:
+            raise ParameterError("cluster", cluster, "excludes scheduler: give one of the two")
+        if workers is not None and workers < 1:
+            raise ParameterError("workers", workers, "give a positive number of jobs")
+        check_jobqueue(cluster)
+        return
     if scheduler and workers:
         raise ParameterError("scheduler", scheduler, "excludes workers: give one of the two")
     if workers is not None and workers < 1:
@@ -170,14 +187,76 @@ def _unreachable(exc: Exception) -> str:
     return f"cannot reach a dask scheduler there ({detail[:200]}): {fix}"
 
 
+def check_jobqueue(cluster: str) -> None:
+    """Refuse ``--cluster`` without dask-jobqueue, or without the settings a job needs
+    (cores and memory under ``jobqueue.<kind>`` in the dask config), before any work."""
+    try:
+        import dask_jobqueue  # noqa: F401 - its import loads its default settings
+    except ImportError:
+        raise FM2SError("--cluster needs dask-jobqueue, which is not installed: pip install "
+                        "dask-jobqueue") from None
+    missing = [key for key in ("cores", "memory")
+               if dask.config.get(f"jobqueue.{cluster}.{key}", None) is None]
+    if missing:
+        raise ParameterError("cluster", cluster, f"no dask-jobqueue settings for {cluster} "
+                             f"({' and '.join(missing)} not set): write them (and queue, "
+                             f"account, walltime, ...) under jobqueue: {cluster}: in "
+                             "~/.config/dask/jobqueue.yaml (see docs/guides/cluster.md)")
+
+
+def jobqueue_cluster(cluster: str, jobs: int):
+    """A dask-jobqueue cluster of kind ``cluster`` (settings: the user's dask config,
+    ``jobqueue.<kind>`` in ``~/.config/dask/jobqueue.yaml``), scaled to ``jobs`` jobs.
+
+    Raises
+    ------
+    FM2SError
+        dask-jobqueue not installed, or no settings (cores, memory) for that kind.
+    """
+    check_jobqueue(cluster)
+    import importlib
+
+    module = importlib.import_module("dask_jobqueue" if cluster != "local" else
+                                     "dask_jobqueue.local")
+    # the user's scheduler options; the scheduler's web server on a free port unless they
+    # name one (a second run beside another would warn that 8787 is taken)
+    options = dict(dask.config.get(f"jobqueue.{cluster}.scheduler-options", None) or {})
+    options.setdefault("dashboard_address", ":0")
+    try:
+        with dask.config.set({"logging.distributed": "error"}):
+            queue = getattr(module, JOBQUEUE[cluster])(scheduler_options=options)
+    except ValueError as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise ParameterError("cluster", cluster, f"dask-jobqueue has no settings for it "
+                             f"({detail}): write cores and memory (and queue, account, ...) "
+                             f"under jobqueue: {cluster}: in ~/.config/dask/jobqueue.yaml "
+                             "(see docs/guides/cluster.md)") from None
+    queue.scale(jobs=jobs)
+    return queue
+
+
 @contextmanager
-def runner(scheduler: str | None = None, workers: int | None = None) -> Iterator[Runner]:
-    """A :class:`Runner` for ``--scheduler ADDRESS``, ``--workers N`` or neither.
+def runner(scheduler: str | None = None, workers: int | None = None,
+           cluster: str | None = None) -> Iterator[Runner]:
+    """A :class:`Runner` for ``--scheduler ADDRESS``, ``--workers N``, ``--cluster KIND``
+    or none of them.
 
     ``--workers N`` starts a local cluster of N single-threaded worker processes and
-    stops it afterwards; ``--scheduler`` connects to a running scheduler.
+    stops it afterwards; ``--scheduler`` connects to a running scheduler; ``--cluster``
+    submits ``--workers`` (default 1) batch jobs of workers through dask-jobqueue and
+    cancels them afterwards.
     """
-    check_cluster_options(scheduler, workers)
+    check_cluster_options(scheduler, workers, cluster)
+    if cluster is not None:
+        from distributed import Client
+
+        queue = jobqueue_cluster(cluster, workers or 1)
+        try:
+            with Client(queue) as client:
+                yield Runner(client)
+        finally:
+            queue.close()
+        return
     if not scheduler and not workers:
         yield Runner()
         return

@@ -27,7 +27,7 @@ from .errors import FM2SError, ParameterError
 from .package import build_package, is_package, model_bytes, package_name
 from .pixels import MIN_SIDE
 from .progress import ProgressDisplay
-from .readers import Image, is_url, open_image
+from .readers import Image, open_image
 from .recipes import (
     DEFAULT_MICROSCOPE,
     DEFAULT_RECIPE,
@@ -50,15 +50,25 @@ from .runs import (
     write_atomic,
 )
 from .runtime import OnnxDenoiser, check_precision, resolve_provider, shared_denoiser
+from .stores import check_storage_options, check_store, is_http, is_remote, is_url, location
 from .tiling import (
+    aligned,
     denoise_array,
     pending_blocks,
     plane_maps,
     plane_stats,
     tiles_in,
+    write_grid,
     write_tasks,
 )
-from .writers import OutputImage, check_new_path, default_output, downsample, output_kind
+from .writers import (
+    OutputImage,
+    check_new_path,
+    default_output,
+    downsample,
+    output_kind,
+    shard_shapes,
+)
 
 
 @dataclass(frozen=True)
@@ -211,19 +221,29 @@ def _out_dtype(image: Image, dtype: str | None) -> np.dtype:
     return np.dtype(np.float32)
 
 
+def _nests(a: str, b: str) -> bool:
+    """Whether the URLs (or resolved paths) ``a`` and ``b`` are one or lie in each other."""
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def _check_output(image: Image, output: str | Path | None, overwrite: bool, resume: bool,
-                  dtype: np.dtype) -> tuple[Path, object]:
-    """The output path and kind; refuses an existing output unless ``overwrite``, or an
-    unfinished one (or none) with ``resume``. Writes nothing."""
+                  dtype: np.dtype, storage_options: dict | None = None) -> tuple[Path, object]:
+    """The output path (a :func:`fm2s.stores.location`) and kind; refuses an existing
+    output unless ``overwrite``, or an unfinished one (or none) with ``resume``. Writes
+    nothing."""
     if overwrite and resume:
         raise ParameterError("resume", None, "excludes overwrite: resume continues an "
                              "unfinished output, overwrite starts over")
-    path = default_output(image) if output is None else Path(output).absolute()
+    path = default_output(image) if output is None else location(output, storage_options)
+    if is_http(path):
+        raise ParameterError("output", str(output), "an http(s) URL is read-only: write to "
+                             "a local path or to object storage (s3://bucket/...)")
     kind = output_kind(path, image, dtype)
-    if not is_url(image.source):
-        src = Path(image.source).resolve()
-        out = path.resolve()
-        if out == src or src in out.parents or out in src.parents:
+    if is_url(image.source) == is_remote(path):
+        src, out = ((image.source, str(path)) if is_remote(path) else
+                    (str(Path(image.source).resolve()), str(path.resolve())))
+        if _nests(src, out):
             raise ParameterError("output", str(output or path), "it would overwrite or nest in "
                                  "the input: choose another output path")
     plane_file = kind is not None
@@ -254,7 +274,8 @@ def _check_preview(preview: str | Path | None, output: Path, source: str,
 
     if path.suffix.lower() != ".png":
         raise bad("give a path ending in .png")
-    for what, other in (("output", output), ("input", None if is_url(source) else source)):
+    for what, other in (("output", None if is_remote(output) else output),
+                        ("input", None if is_url(source) else source)):
         if other is not None:
             other, here = Path(other).resolve(), path.resolve()
             if here == other or other in here.parents:
@@ -268,7 +289,8 @@ def _check_preview(preview: str | Path | None, output: Path, source: str,
     return path
 
 
-def _previewed(report: RunReport, image: Image, path: Path | None) -> RunReport:
+def _previewed(report: RunReport, image: Image, path: Path | None,
+               storage_options: dict | None = None) -> RunReport:
     """Write the preview figure (:mod:`fm2s.preview`) of a complete output to ``path``,
     from one plane of the input and of the written output; the report, with its path."""
     if path is None:
@@ -276,7 +298,7 @@ def _previewed(report: RunReport, image: Image, path: Path | None) -> RunReport:
     from .preview import figure, png_bytes
 
     try:
-        written = open_image(report.output)
+        written = open_image(report.output, storage_options=storage_options)
         with dask.config.set(scheduler="threads"):
             rgb = figure(image.data, written.data, image.axes, image.multiscale, image.omero)
         write_atomic(path, png_bytes(rgb))
@@ -334,6 +356,8 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
     start = time.perf_counter()
     denoised = denoise_array(image.data, models, halo, tile, c_axis, out.dtype, provider,
                              maps=maps, precision=precision)
+    if out.shards is not None:  # one task per shard: each written whole, by one task
+        denoised = aligned(denoised, write_grid(out.arrays[0]))
     blocks = pending_blocks(denoised, out.arrays[0], out.done, 0)
     tiles, voxels = _block_weights(denoised, tile)
     tiles, voxels = [tiles[i] for i in blocks], [voxels[i] for i in blocks]
@@ -342,6 +366,8 @@ def _denoise(image: Image, models: list[bytes], maps: np.ndarray, halo: int,
     for level in range(1, len(out.arrays)):
         source = da.from_zarr(out.arrays[level - 1])
         small = downsample(source, image.level_shapes[level], out.dtype)
+        if out.shards is not None:
+            small = aligned(small, write_grid(out.arrays[level]))
         blocks = pending_blocks(small, out.arrays[level], out.done, level)
         tasks = write_tasks(small, out.arrays[level], out.done, level, blocks)
         sizes = [math.prod(shape) for shape in itertools.product(*small.chunks)]
@@ -403,7 +429,7 @@ def _finish(image: Image, out: OutputImage, record: dict, stats: np.ndarray,
     before = out.chunks_done()
     tiles, voxels, seconds = _denoise(image, models, maps, halo, out, tile, provider,
                                       precision, run, progress, provenance)
-    total = sum(a.nchunks for a in out.arrays)
+    total = sum(out.units(level) for level in range(len(out.arrays)))
     kind = out.plane_file
     fmt = kind.name if kind is not None else f"OME-Zarr NGFF {image.ngff.version}"
     return RunReport(image.source, str(out.path), image.kind, fmt, image.axes,
@@ -414,6 +440,15 @@ def _finish(image: Image, out: OutputImage, record: dict, stats: np.ndarray,
                      resumed=bool(record.get("resumed")), denoised_voxels=voxels)
 
 
+def _check_shards(image: Image, kind, shards) -> list[tuple[int, ...]] | None:
+    """The shard shape of each level of the output (None: unsharded); refuses shards of a
+    PNG or TIFF output or of an NGFF 0.4 one. Writes nothing."""
+    if shards is not None and kind is not None:
+        raise ParameterError("shards", str(shards), f"shards are for OME-Zarr outputs, not "
+                             f"a {kind.name} file: leave them out")
+    return shard_shapes([tuple(s) for s in image.level_shapes], shards, image.ngff)
+
+
 def _settings(image: Image, stats: np.ndarray, out_dtype: np.dtype, kind, **settings) -> dict:
     """What decides an output's bytes: a resumed run must have the same."""
     return json.loads(json.dumps({
@@ -422,6 +457,12 @@ def _settings(image: Image, stats: np.ndarray, out_dtype: np.dtype, kind, **sett
         "input_stats_sha256": hashlib.sha256(np.ascontiguousarray(stats).tobytes()).hexdigest(),
         "output_dtype": str(out_dtype), "output_format": kind.name if kind else "OME-Zarr",
         "ngff": image.ngff.version, **settings}))
+
+
+def _shard_setting(shards: list[tuple[int, ...]] | None) -> dict:
+    """The shards in a run's settings (none when unsharded: the settings of unsharded
+    runs stay those of earlier versions)."""
+    return {} if shards is None else {"shards": [list(s) for s in shards]}
 
 
 def _noting(lock: RunLock, report: RunReport) -> RunReport:
@@ -489,6 +530,8 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
                     ngff: str | None = None, precision: str = "fp32", views: int | None = None,
                     command: str | None = None, progress: ProgressDisplay | None = None,
                     trained: dict | None = None, batched: bool | None = None,
+                    storage_options: dict | str | None = None,
+                    shards: str | tuple[int, ...] | None = None, cluster: str | None = None,
                     **overrides) -> RunReport:
     """Train one model per channel on ``train_planes`` planes, then denoise every plane.
 
@@ -511,6 +554,18 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
     channel not in it trains here. ``batched``: the channels' models train as one batched
     program (:func:`fm2s.model.train_models`, each the model of its channel alone up to
     float rounding); None (default): where the device gains from it (CUDA).
+
+    ``source`` and ``output`` may be URLs (``s3://bucket/key.ome.zarr``, any fsspec
+    protocol installed); ``storage_options`` (a dict or its JSON text: ``endpoint_url``,
+    ``anon``, ``profile``, ``key``, ``secret``) apply to both.
+
+    ``shards`` (NGFF 0.5 outputs): ``"auto"`` or a shard shape (one size per axis, each a
+    multiple of the chunk): the arrays are sharded (zarr v3 sharding codec), fewer files;
+    each write task writes whole shards (:func:`fm2s.writers.shard_shapes`).
+
+    ``cluster`` (``slurm``, ``pbs``, ``lsf``, ``sge``; ``local`` to try the settings on
+    this machine): run on ``workers`` (default 1) batch jobs of dask workers submitted
+    through dask-jobqueue with the user's jobqueue settings (:mod:`fm2s.cluster`).
     """
     try:
         from .model import train_model
@@ -518,29 +573,31 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
         raise FM2SError(f"training needs torch, which cannot be imported here ({exc}): "
                         "install torch, or denoise with a saved model (apply)") from None
 
-    refuse_unfinished(str(source))
-    image = open_image(source, axes, ngff)
+    storage_options = check_storage_options(storage_options)
+    refuse_unfinished(str(source), storage_options)
+    image = open_image(source, axes, ngff, storage_options)
     dtype_out = _out_dtype(image, dtype)
-    output, kind = _check_output(image, output, overwrite, resume, dtype_out)
+    output, kind = _check_output(image, output, overwrite, resume, dtype_out, storage_options)
+    shard_shape = _check_shards(image, kind, shards)
     resuming = resume and unfinished(output, kind is not None) is not None
     paths = model_paths(save_model, image.channels, overwrite or resuming)
     preview = _check_preview(preview, output, image.source, overwrite)
     if tile is not None:
         _check_tile(tile, "cpu")
     training_planes(1, train_planes)
-    check_cluster_options(scheduler, workers)
+    check_cluster_options(scheduler, workers, cluster)
     check_precision(precision)
     if views is not None:
         overrides["views"] = views
     config = config_for(recipe, microscope, seed, image.planes_per_channel, **overrides)
     progress = progress or ProgressDisplay(quiet=True)
-    with runner(scheduler, workers) as run, RunLock(output) as lock, progress:
+    out = OutputImage(output, image, dtype_out, kind, shard_shape)
+    with runner(scheduler, workers, cluster) as run, out.lock() as lock, progress:
         stats = _channel_stats(image, run)
         settings = _settings(image, stats, dtype_out, kind, job="train-and-apply",
                              recipe=recipe, microscope=microscope, seed=seed, device=device,
                              train_planes=train_planes, overrides=overrides,
-                             precision=precision)
-        out = OutputImage(output, image, dtype_out, kind)
+                             precision=precision, **_shard_setting(shard_shape))
         record = out.start(settings, command, overwrite, resume)
         with resumable(output):
             models, references, records, halos = [], [], [], []
@@ -581,7 +638,7 @@ def train_and_apply(source: str | Path, output: str | Path | None = None, *,
             report = _noting(lock, _finish(image, out, record, stats, models, references,
                                            max(halos), records, tile, provider, precision,
                                            run, progress))
-        return _previewed(report, image, preview)
+        return _previewed(report, image, preview, storage_options)
 
 
 def apply(model: str | Path, source: str | Path, output: str | Path | None = None, *,
@@ -590,20 +647,27 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
           resume: bool = False, axes: str | None = None, ngff: str | None = None,
           precision: str = "fp32", command: str | None = None,
           progress: ProgressDisplay | None = None,
-          preview: str | Path | None = None) -> RunReport:
+          preview: str | Path | None = None,
+          storage_options: dict | str | None = None,
+          shards: str | tuple[int, ...] | None = None,
+          cluster: str | None = None) -> RunReport:
     """Denoise any input with saved models (one for all channels or one per channel).
 
     Planes outside the range a model was trained on are mapped into it and back (see
     :func:`fm2s.normalize.range_map`); the report's ``warnings`` say so.
     ``precision="fp16"`` runs the network in float16 on the CUDA provider. ``resume``
     continues an interrupted run on the same output (see :func:`train_and_apply`).
-    ``preview``: a ``.png`` path for the preview figure (see :func:`train_and_apply`).
+    ``preview``: a ``.png`` path for the preview figure, ``storage_options`` those of URLs,
+    ``shards`` the output's shards, ``cluster`` batch jobs of workers (see
+    :func:`train_and_apply`).
     """
-    refuse_unfinished(str(source))
-    image = open_image(source, axes, ngff)
+    storage_options = check_storage_options(storage_options)
+    refuse_unfinished(str(source), storage_options)
+    image = open_image(source, axes, ngff, storage_options)
     dtype_out = _out_dtype(image, dtype)
-    output, kind = _check_output(image, output, overwrite, resume, dtype_out)
-    check_cluster_options(scheduler, workers)
+    output, kind = _check_output(image, output, overwrite, resume, dtype_out, storage_options)
+    shard_shape = _check_shards(image, kind, shards)
+    check_cluster_options(scheduler, workers, cluster)
     check_precision(precision, provider)
     tile = _check_tile(tile, provider)
     paths = resolve_models(model, image.channels)
@@ -620,53 +684,61 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
                for p, r in zip(paths, runtimes)]
     halo = max(r.halo for r in runtimes)
     progress = progress or ProgressDisplay(quiet=True)
-    with runner(scheduler, workers) as run, RunLock(output) as lock, progress:
+    out = OutputImage(output, image, dtype_out, kind, shard_shape)
+    with runner(scheduler, workers, cluster) as run, out.lock() as lock, progress:
         stats = _channel_stats(image, run)
         settings = _settings(image, stats, dtype_out, kind, job="apply",
                              models=[r.sha256 for r in runtimes],
-                             provider=resolve_provider(provider), precision=precision)
-        out = OutputImage(output, image, dtype_out, kind)
+                             provider=resolve_provider(provider), precision=precision,
+                             **_shard_setting(shard_shape))
         record = out.start(settings, command, overwrite, resume)
         with resumable(output):
             report = _noting(lock, _finish(image, out, record, stats, models,
                                            [r.reference for r in runtimes], halo, records,
                                            tile, provider, precision, run, progress))
-        return _previewed(report, image, preview)
+        return _previewed(report, image, preview, storage_options)
 
 
-def _unfinished_report(source: str, run: dict) -> dict:
-    """Chunks and models an unfinished output holds."""
+def _unfinished_report(path, run: dict) -> dict:
+    """Chunks and models an unfinished output (a :func:`fm2s.stores.location`) holds."""
     import zarr
 
-    path = Path(source).absolute()
+    from .stores import listing, zarr_store
+
     levels = []
-    group = zarr.open_group(path, mode="r")
-    names = sorted((p.name for p in path.iterdir() if not p.name.startswith(".")
-                    and ((p / "zarr.json").is_file() or (p / ".zarray").is_file())),
+    group = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+    names = sorted((name for name in listing(path) if not name.startswith(".")
+                    and ((path / name / "zarr.json").is_file()
+                         or (path / name / ".zarray").is_file())),
                    key=lambda n: (len(n), n))
     done_root = path / ".fm2s-run" / "done"
     for level, name in enumerate(names):
-        marks = done_root / str(level)
-        done = len(list(marks.iterdir())) if marks.is_dir() else 0
-        levels.append((name, done, group[name].nchunks))
-    models = path / ".fm2s-run" / "models"
-    trained = len(list(models.glob("c*.onnx"))) if models.is_dir() else 0
+        levels.append((name, len(listing(done_root / str(level))), group[name].nchunks))
+    models = listing(path / ".fm2s-run" / "models")
+    trained = len([n for n in models if n.startswith("c") and n.endswith(".onnx")])
     return {**run, "levels": levels, "models_kept": trained}
 
 
-def info(source: str | Path, axes: str | None = None) -> InfoReport:
+def info(source: str | Path, axes: str | None = None,
+         storage_options: dict | str | None = None) -> InfoReport:
     """What ``source`` holds and what ``train-and-apply`` would do with it; for an
-    unfinished output, what its interrupted run wrote."""
-    if not is_url(str(source)):
+    unfinished output, what its interrupted run wrote. ``storage_options``: those of a
+    URL (see :func:`train_and_apply`)."""
+    storage_options = check_storage_options(storage_options)
+    if not is_http(str(source)):
+        path = location(source, storage_options)
+        if is_remote(path):
+            check_store(path, "input")  # a missing bucket, wrong credentials: one line
         for plane_file in (False, True):  # an OME-Zarr, or the hidden zarr of a PNG/TIFF
-            run = unfinished(Path(source), plane_file)
+            run = unfinished(path, plane_file)
             if run is not None:
-                work = work_path(Path(source), plane_file)
-                return InfoReport(None, 0, "", str(source), _unfinished_report(str(work), run))
-    image = open_image(source, axes)
+                work = work_path(path, plane_file)
+                return InfoReport(None, 0, "", str(source), _unfinished_report(work, run))
+    image = open_image(source, axes, storage_options=storage_options)
     written_by = None
-    if not is_url(image.source) and Path(image.source).is_dir():
-        state = read_state(Path(image.source))
+    where = None if is_http(image.source) else location(image.source, storage_options)
+    if where is not None and where.is_dir():
+        state = read_state(where)
         if state is not None and state.get("state") == COMPLETE:
             written_by = state
     return InfoReport(image, min(image.planes_per_channel, DEFAULT_TRAIN_PLANES),

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .errors import FM2SError, ParameterError
 from .formats import NGFF, NgffFormat, is_zarr_name, plane_file_of
-from .readers import TIFF_SUFFIXES, is_url
+from .readers import TIFF_SUFFIXES
+from .stores import is_http, is_url
 from .writers import fm2s_path
 
 PLATE, EXPORT, IMAGES = "HCS plate", "bioformats2raw layout", "images"
@@ -74,12 +75,13 @@ def _join(source: str, path: str) -> str:
     return f"{source.rstrip('/')}/{path}"
 
 
-def _attrs(source: str) -> dict | None:
+def _attrs(source: str, storage_options: dict | None = None) -> dict | None:
     """A zarr group's attributes (None: not a zarr group)."""
     import zarr
 
+    options = {"storage_options": storage_options} if storage_options else {}
     try:
-        node = zarr.open_group(store=source, mode="r")
+        node = zarr.open_group(store=source, mode="r", **options)
     except Exception:  # zarr raises several types for "not a group"
         return None
     return node.attrs.asdict()
@@ -245,7 +247,8 @@ def _selection(images: str | None) -> tuple[str, ...]:
 
 
 def open_collection(sources: list[str] | tuple[str, ...] | str,
-                    images: str | None = None) -> Collection | None:
+                    images: str | None = None,
+                    storage_options: dict | None = None) -> Collection | None:
     """The collection ``sources`` name, or None when they name one image.
 
     Parameters
@@ -257,6 +260,8 @@ def open_collection(sources: list[str] | tuple[str, ...] | str,
         Comma-separated patterns (``fnmatch``) of the images to take: fields of a plate
         (``B/3/*``), series of a layout (``0,2``), file names of a folder (``*_1.png``).
         Default: all.
+    storage_options
+        fsspec options of a URL (endpoint, credentials).
 
     Raises
     ------
@@ -293,10 +298,16 @@ def open_collection(sources: list[str] | tuple[str, ...] | str,
             collection = _images(str(local.absolute()), found, patterns)
         elif local is None or local.is_dir():
             source = source.rstrip("/") if is_url(source) else str(local.absolute())
-            attrs = _attrs(source)
+            attrs = _attrs(source, storage_options)
             if attrs is None:
                 return None
             meta = attrs.get("ome", attrs)
+            if is_url(source) and not is_http(source) and (
+                    "plate" in meta or ("bioformats2raw.layout" in meta
+                                        and "multiscales" not in meta)):
+                raise FM2SError(f"'{source}' is a plate or a bioformats2raw layout on object "
+                                "storage, which fm2s-tile does not read yet: pass one image "
+                                "inside it, or copy it to a local folder")
             if "plate" in meta:
                 collection = _plate(source, attrs, patterns)
             elif "bioformats2raw.layout" in meta and "multiscales" not in meta:

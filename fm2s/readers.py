@@ -1,5 +1,6 @@
 """Reading every input as one kind of object, :class:`Image`: OME-Zarr (NGFF 0.4 and 0.5,
-local or http), plain zarr arrays, TIFF stacks and 2D PNG/TIFF images, lazily as dask arrays
+local or at a URL: http(s), s3 and any fsspec protocol installed), plain zarr arrays,
+TIFF stacks and 2D PNG/TIFF images, lazily as dask arrays
 with the metadata their denoised copy carries. A 2D image is an image with axes ``yx``."""
 
 from __future__ import annotations
@@ -23,15 +24,11 @@ from dask.base import tokenize
 from .errors import FM2SError, ParameterError
 from .formats import NGFF, PNG, TIFF, V04, V05, NgffFormat, PlaneFile, ngff_format
 from .pixels import check_pixel_type, check_plane_shape
+from .stores import check_store, is_http, is_url, location, store_problem
 
 AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 TIFF_SUFFIXES = (".tif", ".tiff")
 _TIFF_AXES = {"T": "t", "Z": "z", "C": "c", "Y": "y", "X": "x"}
-
-
-def is_url(source: str) -> bool:
-    """Whether ``source`` is an http(s) URL."""
-    return str(source).startswith(("http://", "https://"))
 
 
 def check_axes(axes: str, ndim: int, where: str) -> str:
@@ -246,10 +243,15 @@ def _check_multiscale(ms: dict, levels: list, axis_names: list[str], source: str
                           "the multiscale", source)
 
 
-def _open_zarr(source: str, axes: str | None, ngff: NgffFormat | None) -> Image:
+def _open_zarr(source: str, axes: str | None, ngff: NgffFormat | None,
+               storage_options: dict | None = None) -> Image:
+    options = {"storage_options": storage_options} if storage_options else {}
     try:
-        node = zarr.open(store=source, mode="r")
+        node = zarr.open(store=source, mode="r", **options)
     except Exception as exc:  # zarr raises several types for "not zarr"
+        problem = store_problem(exc, source) if is_url(source) else None
+        if problem is not None:
+            raise FM2SError(problem) from None
         raise FM2SError(f"cannot open '{source}' as zarr ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else 'no zarr metadata'}): "
                         "pass an OME-Zarr image, a zarr array, a TIFF or PNG file") from None
@@ -273,7 +275,7 @@ def _open_zarr(source: str, axes: str | None, ngff: NgffFormat | None) -> Image:
         notes.append("bioformats2raw layout: reading its first image, series '0'")
         source = source.rstrip("/") + "/0"
         try:
-            node = zarr.open_group(store=source, mode="r")
+            node = zarr.open_group(store=source, mode="r", **options)
         except Exception as exc:
             cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             raise FM2SError(f"'{source}' (series 0 of a bioformats2raw layout) cannot be "
@@ -579,19 +581,24 @@ def _open_png(path: Path, ngff: NgffFormat | None) -> Image:
                  _multiscale_for("yx", {}, {}, path.name), [pixels.shape], plane_file=PNG)
 
 
-def open_image(source: str | Path, axes: str | None = None, ngff: str | None = None) -> Image:
+def open_image(source: str | Path, axes: str | None = None, ngff: str | None = None,
+               storage_options: dict | None = None) -> Image:
     """Open any input lazily: OME-Zarr image, zarr array, TIFF stack, 2D PNG or TIFF.
 
     Parameters
     ----------
     source
         Local path (made absolute here, so that tasks on other processes or machines
-        find it) or http(s) URL (zarr only).
+        find it) or URL (zarr only): http(s), ``s3://bucket/key`` or any protocol whose
+        fsspec package is installed.
     axes
         Axis letters for data without axes metadata (plain zarr, generic TIFF).
     ngff
         NGFF version of the output for input that is not OME-Zarr (default: 0.4 for a
         zarr v2 array, 0.5 otherwise). OME-Zarr input keeps its own version.
+    storage_options
+        fsspec options of a URL (``endpoint_url``, ``anon``, ``profile``, ``key``,
+        ``secret``); credentials not given come from the environment.
 
     Raises
     ------
@@ -602,7 +609,9 @@ def open_image(source: str | Path, axes: str | None = None, ngff: str | None = N
     source = str(source)
     fmt = ngff_format(ngff) if ngff is not None else None
     if is_url(source):
-        image = _open_zarr(source.rstrip("/"), axes, fmt)
+        if not is_http(source):  # a missing bucket, wrong credentials: said before any work
+            check_store(location(source, storage_options), "input")
+        image = _open_zarr(source.rstrip("/"), axes, fmt, storage_options)
     else:
         path = Path(source).absolute()
         if not path.exists():

@@ -9,7 +9,11 @@ output is assembled in a hidden zarr beside it (:func:`work_path`) and renamed i
 
 One run writes an output at a time: :class:`RunLock` holds an exclusive ``flock`` on a
 lock file beside the output; the kernel drops it when its process dies, so a lock file
-left by a killed run is recognised as stale and taken over.
+left by a killed run is recognised as stale and taken over. On object storage (S3) there
+is no such lock: the lock object beside the output names the run that writes it, and a
+run that finds one goes on (it cannot tell a live run from a killed one) and says so.
+
+Every path here is a :func:`fm2s.stores.location`: a local path or a URL.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import stores
 from .errors import FM2SError, ParameterError
+from .stores import is_remote, location
 
 #: the hidden folder of a running output that holds its models and chunk markers
 RUN_DIR = ".fm2s-run"
@@ -42,27 +47,36 @@ class Interrupted(KeyboardInterrupt):
         self.signal_name = signal_name
 
 
+def _path(path):
+    """A local path or a URL's path object (kept as it is)."""
+    return path if is_remote(path) else Path(path)
+
+
 def work_path(output: Path, plane_file: bool) -> Path:
     """Where an output's zarr is written: the output itself (OME-Zarr) or, for a PNG or
     TIFF output, a hidden zarr beside it."""
-    output = Path(output)
+    output = _path(output)
     return output.with_name(f".{output.name}.fm2s-work.zarr") if plane_file else output
 
 
 def lock_path(output: Path) -> Path:
     """The lock file of an output (beside it)."""
-    output = Path(output)
+    output = _path(output)
     return output.with_name(f".{output.name}.fm2s-lock")
 
 
 def part_path(output: Path) -> Path:
     """The hidden file a PNG or TIFF output is written to before its rename."""
-    output = Path(output)
+    output = _path(output)
     return output.with_name(f".{output.name}.part")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (on object
+    storage, where a write is atomic: directly)."""
+    if is_remote(path):
+        path.write_bytes(data)
+        return
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_bytes(data)
@@ -73,16 +87,12 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def remove(path: Path) -> None:
     """Remove a file or a folder tree (nothing if it is not there)."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
+    stores.remove(_path(path))
 
 
 def read_state(zarr_path: Path) -> dict | None:
     """The ``fm2s`` attributes of a zarr group (None: not a zarr group, or none there)."""
-    zarr_path = Path(zarr_path)
+    zarr_path = _path(zarr_path)
     for name in ("zarr.json", ".zattrs"):
         meta = zarr_path / name
         if meta.is_file():
@@ -118,9 +128,14 @@ def check_settings(output: Path, before: dict, now: dict) -> None:
                         "or pass --overwrite instead to start over")
 
 
-def refuse_unfinished(source: str) -> None:
-    """Refuse an unfinished output as input."""
-    path = Path(source)
+def refuse_unfinished(source, storage_options: dict | None = None) -> None:
+    """Refuse an unfinished output as input (and, on a remote store, a missing bucket or
+    wrong credentials)."""
+    path = location(source, storage_options)
+    if is_remote(path):
+        if stores.is_http(path):
+            return
+        stores.check_store(path, "input")
     if path.is_dir() and unfinished(path) is not None:
         raise FM2SError(f"'{source}' is an unfinished fm2s-tile output (its run was "
                         "interrupted): complete it by rerunning the command that wrote it "
@@ -132,13 +147,15 @@ class Done:
     """Markers of the output chunks written: ``<run folder>/done/<level>/<chunk key>``.
 
     A marker is made after its chunk is written, so a chunk with a marker is complete;
-    picklable, so that tasks on dask workers mark what they write.
+    picklable, so that tasks on dask workers mark what they write. ``folder`` is a local
+    path or a URL (then with its ``storage_options``).
     """
 
     folder: str
+    storage_options: dict | None = field(default=None, compare=False)
 
     def _dir(self, level: int) -> Path:
-        return Path(self.folder) / "done" / str(level)
+        return location(self.folder, self.storage_options) / "done" / str(level)
 
     @staticmethod
     def key(index: tuple[int, ...]) -> str:
@@ -148,6 +165,9 @@ class Done:
     def mark(self, level: int, index: tuple[int, ...]) -> None:
         """Record the chunk at ``index`` of level ``level`` as written."""
         folder = self._dir(level)
+        if is_remote(folder):  # no folders on object storage: an empty object
+            (folder / self.key(index)).write_bytes(b"")
+            return
         folder.mkdir(parents=True, exist_ok=True)
         (folder / self.key(index)).touch()
 
@@ -157,10 +177,7 @@ class Done:
 
     def listing(self, level: int) -> set[str]:
         """Marker names of the chunks of ``level`` written so far."""
-        try:
-            return set(os.listdir(self._dir(level)))
-        except FileNotFoundError:
-            return set()
+        return stores.listing(self._dir(level))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -188,10 +205,11 @@ class RunLock:
     """
 
     def __init__(self, output: Path) -> None:
-        self.output = Path(output)
+        self.output = _path(output)
         self.path = lock_path(self.output)
         self.stale: str | None = None
         self._fd: int | None = None
+        self._object = False
 
     def _holder(self) -> str:
         try:
@@ -202,6 +220,8 @@ class RunLock:
 
     def acquire(self) -> RunLock:
         """Take the lock; refuse when another live run holds it."""
+        if is_remote(self.output):
+            return self._acquire_object()
         import fcntl
 
         for _ in range(10):
@@ -248,14 +268,37 @@ class RunLock:
         self._write_info()
         return self
 
-    def _write_info(self) -> None:
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
+    def _acquire_object(self) -> RunLock:
+        """Object storage has no flock: write the lock object, and note one found (the
+        run it names was killed, or still writes: that cannot be told here)."""
+        try:
+            if self.path.exists():
+                self.stale = (f"{self._holder()}; on object storage fm2s-tile cannot tell "
+                              "whether that run still writes")
+            self.path.write_text(json.dumps(self._info()))
+        except OSError as exc:
+            problem = stores.store_problem(exc, str(self.output))
+            raise FM2SError(problem or f"cannot write the lock object '{self.path}' "
+                            f"({exc}): check the URL and --storage-options") from None
+        self._object = True
+        return self
+
+    @staticmethod
+    def _info() -> dict:
+        return {"pid": os.getpid(), "host": socket.gethostname(),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def _write_info(self) -> None:
+        info = self._info()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, json.dumps(info).encode(), 0)
 
     def release(self) -> None:
         """Remove the lock file and drop the lock."""
+        if self._object:
+            self._object = False
+            stores.remove(self.path)
+            return
         if self._fd is None:
             return
         try:
@@ -328,8 +371,9 @@ def resumable(output: Path) -> Iterator[None]:
 def leftovers(output: Path) -> Iterator[Path]:
     """Hidden temporary paths of earlier runs beside ``output`` (older versions' part
     folders, a PNG/TIFF part file)."""
-    output = Path(output)
-    yield from output.parent.glob(f".{output.name}.part-*")
+    output = _path(output)
+    if not is_remote(output):
+        yield from output.parent.glob(f".{output.name}.part-*")
     if part_path(output).exists():
         yield part_path(output)
 

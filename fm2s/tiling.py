@@ -246,6 +246,30 @@ def denoise_array(data: da.Array, models: Sequence[bytes], halo: int, tile: int 
         uniform=uniform)
 
 
+def write_grid(target) -> tuple[int, ...]:
+    """The unit a task writes into the zarr array ``target``: its shard (a sharded
+    array: a shard is written whole, never in part) or its chunk."""
+    return tuple(getattr(target, "shards", None) or target.chunks)
+
+
+def aligned(array: da.Array, grid: tuple[int, ...]) -> da.Array:
+    """``array`` rechunked to blocks of one unit of ``grid`` (a shard) each, so that each
+    write task writes whole shards and no two tasks write one."""
+    chunks = tuple((g,) * (n // g) + ((n % g,) if n % g else ()) for n, g in
+                   zip(array.shape, grid))
+    return array if chunks == array.chunks else array.rechunk(chunks)
+
+
+def check_aligned(chunks: tuple[tuple[int, ...], ...], grid: tuple[int, ...]) -> None:
+    """Refuse blocks (dask ``chunks``) with a boundary inside a unit of ``grid``: two tasks
+    would write one chunk or shard (a read-modify-write race that tears shards)."""
+    for ax, (sizes, g) in enumerate(zip(chunks, grid)):
+        inner = np.cumsum(sizes)[:-1]
+        if np.any(inner % g):
+            raise ValueError(f"blocks {sizes} of axis {ax} do not consist of whole write "
+                             f"units of {g}: two tasks would write one chunk or shard")
+
+
 def block_regions(array: da.Array) -> list[tuple[slice, ...]]:
     """The region of every block of ``array``, in the order of :func:`write_tasks`."""
     bounds = [np.cumsum((0,) + c) for c in array.chunks]
@@ -262,8 +286,9 @@ def chunk_indices(region: tuple[slice, ...], chunks: tuple[int, ...]) -> list[tu
 def pending_blocks(array: da.Array, target, done: Done, level: int) -> list[int]:
     """Blocks of ``array`` (in task order) with a chunk of ``target`` not marked in ``done``."""
     written = done.listing(level)
+    grid = write_grid(target)
     return [i for i, region in enumerate(block_regions(array))
-            if not all(Done.key(ix) in written for ix in chunk_indices(region, target.chunks))]
+            if not all(Done.key(ix) in written for ix in chunk_indices(region, grid))]
 
 
 def write_tasks(array: da.Array, target, done: Done | None = None, level: int = 0,
@@ -271,11 +296,14 @@ def write_tasks(array: da.Array, target, done: Done | None = None, level: int = 
     """One dask task per block that writes it into the zarr array ``target``.
 
     Blocks must be made of whole chunks of ``target`` (as :func:`denoise_array` and
-    :func:`fm2s.writers.downsample` make them), so that no two tasks write one chunk.
-    With ``done``, a task writes only the chunks not yet marked there (as level
-    ``level``) and marks each one it writes; ``blocks`` keeps only those tasks (by
-    index, e.g. :func:`pending_blocks`). Each task returns the number of voxels it wrote.
+    :func:`fm2s.writers.downsample` make them), or of whole shards of a sharded
+    ``target`` (:func:`aligned`), so that no two tasks write one chunk or shard
+    (:func:`check_aligned` refuses others). With ``done``, a task writes only the chunks
+    (shards) not yet marked there (as level ``level``) and marks each one it writes;
+    ``blocks`` keeps only those tasks (by index, e.g. :func:`pending_blocks`). Each task
+    returns the number of voxels it wrote.
     """
+    check_aligned(array.chunks, write_grid(target))
     counts = array.map_blocks(_write_block, target=target, done=done, level=level,
                               dtype=np.int64, chunks=tuple((1,) * len(c) for c in array.chunks),
                               meta=np.empty((0,) * array.ndim, np.int64))
@@ -294,15 +322,16 @@ def _array_folder(target) -> str:
 def _write_block(block: np.ndarray, target, done: Done | None = None, level: int = 0,
                  block_info: dict | None = None) -> np.ndarray:
     region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
-    indices = chunk_indices(region, target.chunks)
+    grid = write_grid(target)
+    indices = chunk_indices(region, grid)
     todo = indices if done is None else [i for i in indices if not done.is_done(level, i)]
     try:
         if len(todo) == len(indices):  # one write of the whole block (zarr encodes in parallel)
             target[region] = block
-        else:  # a resumed block: only its chunks not written yet
+        else:  # a resumed block: only its chunks (shards) not written yet, each whole
             for index in todo:
                 part = tuple(slice(max(i * c, s.start), min((i + 1) * c, s.stop))
-                             for i, c, s in zip(index, target.chunks, region))
+                             for i, c, s in zip(index, grid, region))
                 target[part] = block[tuple(slice(p.start - s.start, p.stop - s.start)
                                            for p, s in zip(part, region))]
     except OSError as exc:  # disk full, file size limit: name the array
@@ -311,5 +340,5 @@ def _write_block(block: np.ndarray, target, done: Done | None = None, level: int
         for index in todo:
             done.mark(level, index)
     voxels = sum(math.prod(min((i + 1) * c, s.stop) - max(i * c, s.start)
-                           for i, c, s in zip(index, target.chunks, region)) for index in todo)
+                           for i, c, s in zip(index, grid, region)) for index in todo)
     return np.full((1,) * block.ndim, voxels, np.int64)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import re
-import shutil
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -19,16 +19,17 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from .errors import FM2SError
+from .errors import FM2SError, ParameterError
 from .formats import PNG, TIFF, NgffFormat, PlaneFile, is_zarr_name, plane_file_of
 from .pixels import cast_like
-from .readers import Image, is_url
+from .readers import Image
 from .recipes import WRITE_CHUNK
 from .runs import (
     COMPLETE,
     RUN_DIR,
     RUNNING,
     Done,
+    RunLock,
     check_settings,
     leftovers,
     os_message,
@@ -37,6 +38,7 @@ from .runs import (
     unfinished,
     work_path,
 )
+from .stores import check_store, is_remote, is_url, location, storage_options_of, zarr_store
 
 #: the temporary file of a chunk write by zarr's local store (``<key>.<uuid hex>.partial``)
 _PARTIAL = re.compile(r".+\.[0-9a-f]{32}\.partial")
@@ -79,8 +81,16 @@ def check_new_path(path: Path, overwrite: bool, what: str, folder: bool = False)
     """Refuse a path that exists (without ``overwrite``) or whose folder does not exist.
 
     ``folder``: the path names a folder to create (an OME-Zarr image), not a file.
-    Returns the path made absolute.
+    Returns the path made absolute. On a remote store (S3), the bucket must exist and be
+    reachable with the credentials at hand (there are no folders to check).
     """
+    path = location(path)
+    if is_remote(path):
+        check_store(path, what)
+        if path.exists() and not overwrite:
+            raise FM2SError(f"{what} '{path}' exists: remove it, choose another path "
+                            "or pass --overwrite")
+        return path
     path = Path(path).absolute()
     if path.is_dir() and not folder:
         raise FM2SError(f"{what} '{path}' is a folder: give a file name")
@@ -102,6 +112,9 @@ def output_kind(path: Path, image: Image, dtype: np.dtype) -> PlaneFile | None:
     if is_zarr_name(name) or _in_zarr(path):
         return None
     fmt = plane_file_of(name)
+    if fmt is not None and is_remote(path):
+        raise FM2SError(f"output '{path}': a {fmt.name} output is written to a local path; "
+                        "write an .ome.zarr to object storage")
     if fmt is None:
         raise FM2SError(f"output '{path}' has an unknown extension: end it in .ome.zarr "
                         "(or .png / .tif for a 2D image)")
@@ -126,6 +139,82 @@ def write_chunks(shape: tuple[int, ...], side: int = WRITE_CHUNK) -> tuple[int, 
     return (1,) * (len(shape) - 2) + tuple(min(n, side) for n in shape[-2:])
 
 
+#: ``--shards auto``: a shard holds up to this many voxels (a 4096 x 4096 plane, or a
+#: stack of smaller planes), up to :data:`AUTO_SHARD_SIDE` pixels in Y and X
+AUTO_SHARD_VOXELS = 4096 * 4096
+AUTO_SHARD_SIDE = 4096
+
+
+def shard_shapes(level_shapes: list[tuple[int, ...]], shards,
+                 fmt: NgffFormat) -> list[tuple[int, ...]] | None:
+    """The shard shape of each level (None: unsharded).
+
+    ``shards``: None; ``"auto"``: for each level, whole planes up to 4096 x 4096 pixels,
+    then planes along the axes before Y (z, then c, then t) up to
+    :data:`AUTO_SHARD_VOXELS` voxels; or the shard shape of level 0, one size per axis,
+    each a multiple of the chunk (1 before Y, 1024 in Y and X) or at least the image's
+    side (the levels below keep its chunks per shard, fewer where they hold fewer).
+
+    Raises
+    ------
+    ParameterError
+        Shards of an NGFF 0.4 (zarr v2) output, or a shape that does not fit.
+    """
+    if shards is None:
+        return None
+    if fmt.zarr_format != 3:
+        raise ParameterError("shards", _text(shards), "shards need an NGFF 0.5 (zarr v3) "
+                             "output: leave them out, or pass --ngff 0.5 (OME-Zarr 0.4 input "
+                             "keeps its version)")
+    if isinstance(shards, str) and shards.strip().lower() == "auto":
+        return [_auto_shard(shape) for shape in level_shapes]
+    per = _chunks_per_shard(tuple(level_shapes[0]), shards)
+    return [tuple(c * min(k, -(-n // c)) for n, c, k in zip(shape, write_chunks(shape), per))
+            for shape in level_shapes]
+
+
+def _auto_shard(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``--shards auto`` for one level of ``shape``."""
+    chunks = write_chunks(shape)
+    per = [1] * len(shape)
+    for ax in (-2, -1):
+        per[ax] = min(-(-shape[ax] // chunks[ax]), max(1, AUTO_SHARD_SIDE // chunks[ax]))
+    voxels = math.prod(c * k for c, k in zip(chunks, per))
+    for ax in reversed(range(len(shape) - 2)):  # z, then c, then t
+        per[ax] = max(1, min(shape[ax], AUTO_SHARD_VOXELS // voxels))
+        voxels *= per[ax]
+        if per[ax] < shape[ax]:
+            break
+    return tuple(c * k for c, k in zip(chunks, per))
+
+
+def _chunks_per_shard(shape: tuple[int, ...], shards) -> tuple[int, ...]:
+    """Chunks per shard along each axis of a shard shape ``shards`` of level 0."""
+    chunks = write_chunks(shape)
+    if isinstance(shards, str):
+        try:
+            shards = tuple(int(p) for p in shards.split(","))
+        except ValueError:
+            raise ParameterError("shards", shards, "give auto or one size per axis, e.g. "
+                                 "1,1,1,4096,4096") from None
+    shards = tuple(int(s) for s in shards)
+    if len(shards) != len(shape):
+        raise ParameterError("shards", _text(shards), f"give one size per axis of the image "
+                             f"({len(shape)}, e.g. {','.join(map(str, chunks))}), or auto")
+    per = []
+    for n, c, s in zip(shape, chunks, shards):
+        if s < 1 or (s < n and s % c):
+            raise ParameterError("shards", _text(shards), f"each size must be a multiple of "
+                                 f"the chunk ({','.join(map(str, chunks))}) or cover the "
+                                 "image's side")
+        per.append(-(-n // c) if s >= n else s // c)
+    return tuple(per)
+
+
+def _text(shards) -> str:
+    return shards if isinstance(shards, str) else ",".join(map(str, shards))
+
+
 def downsample(level: da.Array, shape: tuple[int, ...], dtype: np.dtype) -> da.Array:
     """Block means of ``level`` down to ``shape`` (integer factor per axis; edges padded).
 
@@ -148,30 +237,64 @@ def downsample(level: da.Array, shape: tuple[int, ...], dtype: np.dtype) -> da.A
     return mean.map_blocks(partial(cast_like, dtype=np.dtype(dtype)), dtype=dtype)
 
 
+def _package_onnx(path) -> bytes:
+    """The ONNX weights of the bioimage.io package at ``path`` (local or remote)."""
+    from .package import read_package
+
+    if not is_remote(path):
+        return read_package(path)[0]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / path.name
+        local.write_bytes(path.read_bytes())
+        return read_package(local)[0]
+
+
+def _written(array, total: int) -> int:
+    """Chunks (a sharded array: shards) of ``array`` in its store."""
+    if not getattr(array, "shards", None):
+        return array.nchunks_initialized
+    if array.nchunks_initialized == array.nchunks:  # zarr counts the chunks in the shards
+        return total
+    shards = getattr(array, "_nshards_initialized", None)  # zarr >= 3.1
+    return shards if isinstance(shards, int) else 0
+
+
 class OutputImage:
-    """An image written in place, resumably (:mod:`fm2s.runs`).
+    """An image written in place, resumably (:mod:`fm2s.runs`), at a local path or a URL
+    on object storage (:func:`fm2s.stores.location`).
 
     :meth:`create` makes the zarr arrays of level 0 and the pyramid in the output's NGFF
     version, marked as a running output; :meth:`reopen` opens those of an unfinished one.
-    Tasks write chunks into ``arrays`` and mark them in ``done``. :meth:`commit` checks
+    Tasks write chunks into ``arrays`` and mark them in ``done``; with ``shards`` (the
+    shard shape of each level, :func:`shard_shapes`) the arrays are sharded and tasks write
+    and mark whole shards. :meth:`commit` checks
     that every chunk of every level is there, writes the image metadata and the complete
     state last, and removes the run folder. A PNG or TIFF output is assembled in a hidden
     zarr (:func:`fm2s.runs.work_path`), then written to a hidden file that is renamed.
     """
 
     def __init__(self, path: Path, image: Image, dtype: np.dtype,
-                 plane_file: PlaneFile | None = None) -> None:
-        self.path = Path(path).absolute()
+                 plane_file: PlaneFile | None = None,
+                 shards: list[tuple[int, ...]] | None = None) -> None:
+        self.path = location(path)
+        self.shards = shards
         self.image = image
         self.dtype = np.dtype(dtype)
         self.plane_file = plane_file
         self.fmt: NgffFormat = image.ngff
         self.zarr_path = work_path(self.path, plane_file is not None)
         self.run_dir = self.zarr_path / RUN_DIR
-        self.done = Done(str(self.run_dir))
+        self.done = Done(str(self.run_dir), storage_options_of(self.run_dir))
         self.group = None
         self.arrays: list = []
         self.resumable = True
+
+    def lock(self) -> RunLock:
+        """The output's lock (a context manager): one run writes it at a time (on object
+        storage a lock object that does not stop a second run: :class:`fm2s.runs.RunLock`)."""
+        return RunLock(self.path)
 
     def start(self, settings: dict, command: str | None, overwrite: bool,
               resume: bool) -> dict:
@@ -201,10 +324,8 @@ class OutputImage:
         """The bioimage.io package of ``channel``'s model, built right after training (it
         needs the torch model and the training planes) and kept beside the model for a
         resumed run."""
-        from .package import read_package
-
         path = self.models / f"c{channel}.zip"
-        if not path.is_file() or hashlib.sha256(read_package(path)[0]).hexdigest() != sha256:
+        if not path.is_file() or hashlib.sha256(_package_onnx(path)).hexdigest() != sha256:
             raise FM2SError(f"the interrupted run kept the model of channel {channel} but no "
                             "bioimage.io package of it (it was started without --save-model "
                             "NAME.zip): save the ONNX model instead (--save-model NAME.onnx), or "
@@ -212,7 +333,7 @@ class OutputImage:
         return path.read_bytes()
 
     @property
-    def models(self) -> Path:
+    def models(self):
         """The folder of the models a run keeps for its resumption (in the run folder)."""
         return self.run_dir / "models"
 
@@ -236,49 +357,66 @@ class OutputImage:
         return self
 
     def _create(self, record: dict | None) -> None:
-        self.group = zarr.open_group(self.zarr_path, mode="w-",
+        self.group = zarr.open_group(zarr_store(self.zarr_path), mode="w-",
                                      zarr_format=self.fmt.zarr_format,
                                      attributes={"fm2s": {"state": RUNNING,
                                                           "run": record or {}}})
-        for dataset, shape in self._levels:
+        for level, (dataset, shape) in enumerate(self._levels):
+            shards = self._shards(level)
             self.arrays.append(self.group.create_array(
                 dataset["path"], shape=shape, chunks=write_chunks(shape), dtype=self.dtype,
+                **({"shards": shards} if shards is not None else {}),
                 compressors=self.fmt.compressor(), fill_value=0,
                 config={"write_empty_chunks": True}, **self.fmt.array_options(self.image.axes)))
-        if self.resumable:
+        if self.resumable and not is_remote(self.run_dir):
             (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
 
     def reopen(self) -> OutputImage:
         """Open the arrays of an unfinished output to go on writing them (removing the
         temporary files of chunk writes that a killed run left)."""
-        for path in self.zarr_path.rglob("*.partial"):
-            if _PARTIAL.fullmatch(path.name):
-                path.unlink(missing_ok=True)
-        self.group = zarr.open_group(self.zarr_path, mode="r+")
-        for dataset, shape in self._levels:
+        if not is_remote(self.zarr_path):  # an object store writes an object whole
+            for path in self.zarr_path.rglob("*.partial"):
+                if _PARTIAL.fullmatch(path.name):
+                    path.unlink(missing_ok=True)
+        self.group = zarr.open_group(zarr_store(self.zarr_path), mode="r+")
+        for level, (dataset, shape) in enumerate(self._levels):
             try:
                 array = self.group[dataset["path"]]
             except KeyError:
                 array = None
             if (array is None or tuple(array.shape) != tuple(shape)
-                    or array.dtype != self.dtype or array.chunks != write_chunks(shape)):
+                    or array.dtype != self.dtype or array.chunks != write_chunks(shape)
+                    or getattr(array, "shards", None) != self._shards(level)):
                 raise FM2SError(f"the unfinished output '{self.path}' does not hold the arrays "
                                 f"this run writes (level {dataset['path']}): pass --overwrite "
                                 "to start over")
             self.arrays.append(array)
-        (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
+        if not is_remote(self.run_dir):
+            (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
         return self
 
+    def _shards(self, level: int) -> tuple[int, ...] | None:
+        return None if self.shards is None else tuple(self.shards[level])
+
+    def units(self, level: int) -> int:
+        """The chunks (a sharded output: shards) of ``level``: what a task writes whole."""
+        array = self.arrays[level]
+        grid = getattr(array, "shards", None) or array.chunks
+        return math.prod(-(-n // g) for n, g in zip(array.shape, grid))
+
     def missing_chunks(self) -> list[str]:
-        """Levels with chunks that were not written (``'level 0: 3 of 12 chunks missing'``)."""
+        """Levels with chunks (shards) that were not written (``'level 0: 3 of 12 chunks
+        missing'``)."""
         missing = []
         for level, ((dataset, _), array) in enumerate(zip(self._levels, self.arrays)):
-            done = array.nchunks_initialized
+            total, what = self.units(level), ("shards" if getattr(array, "shards", None)
+                                             else "chunks")
+            done = _written(array, total)
             if self.resumable:
                 done = min(done, len(self.done.listing(level)))
-            if done != array.nchunks:
-                missing.append(f"level {dataset['path']}: {array.nchunks - done} of "
-                               f"{array.nchunks} chunks missing")
+            if done != total:
+                missing.append(f"level {dataset['path']}: {total - done} of {total} {what} "
+                               "missing")
         return missing
 
     def chunks_done(self) -> int:
@@ -310,7 +448,10 @@ class OutputImage:
             except OSError as exc:  # name the metadata file
                 meta = "zarr.json" if self.fmt.zarr_format == 3 else ".zattrs"
                 raise OSError(exc.errno, exc.strerror, str(self.zarr_path / meta)) from None
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            try:
+                remove(self.run_dir)
+            except OSError:  # the image is complete: a run folder left is harmless
+                pass
             return
         part = part_path(self.path)
         try:
@@ -318,7 +459,10 @@ class OutputImage:
             os.replace(part, self.path)
         finally:
             part.unlink(missing_ok=True)
-        shutil.rmtree(self.zarr_path, ignore_errors=True)
+        try:
+            remove(self.zarr_path)
+        except OSError:
+            pass
 
     def _write_plane_file(self, target: Path, provenance: dict) -> None:
         level0 = self.arrays[0]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -176,3 +177,112 @@ def pytest_sessionfinish(session, exitstatus):
     if left:
         print(f"\nleft behind by the tests ({len(left)}): " + ", ".join(left[:10]))
         session.exitstatus = 1
+
+
+class S3Server:
+    """A local S3 server (moto's ThreadedMotoServer on 127.0.0.1) that checks credentials
+    as AWS does: the ``AWS_*`` variables of the test session hold the key of an IAM user
+    allowed everything on S3; any other key is refused."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.endpoint = endpoint
+        self.options = {"endpoint_url": endpoint}
+        self.json = json.dumps(self.options)
+
+    def client(self):
+        import boto3
+
+        # a new session: boto3's default one keeps the credentials it first found
+        return boto3.session.Session().client("s3", endpoint_url=self.endpoint,
+                                              region_name="us-east-1")
+
+    def bucket(self, name: str, versioned: bool = False) -> str:
+        """Create the bucket ``name`` (with versioning: every write of a key kept)."""
+        client = self.client()
+        client.create_bucket(Bucket=name)
+        if versioned:
+            client.put_bucket_versioning(Bucket=name,
+                                         VersioningConfiguration={"Status": "Enabled"})
+        return name
+
+    def fs(self):
+        import s3fs
+
+        return s3fs.S3FileSystem(endpoint_url=self.endpoint, skip_instance_cache=True)
+
+    def upload(self, local: Path, url: str) -> str:
+        """Copy the folder ``local`` to ``url`` (s3://bucket/key)."""
+        self.fs().put(str(local), url.removeprefix("s3://"), recursive=True)
+        return url
+
+    def download(self, url: str, local: Path) -> Path:
+        """Copy the folder at ``url`` to ``local``."""
+        self.fs().get(url.removeprefix("s3://").rstrip("/") + "/", str(local), recursive=True)
+        return local
+
+    def keys(self) -> dict[str, int]:
+        """Every object of every bucket: ``bucket/key`` -> number of versions written."""
+        client = self.client()
+        found: dict[str, int] = {}
+        for bucket in client.list_buckets()["Buckets"]:
+            name = bucket["Name"]
+            pages = client.get_paginator("list_object_versions").paginate(Bucket=name)
+            for page in pages:
+                for v in page.get("Versions", []):
+                    key = f"{name}/{v['Key']}"
+                    found[key] = found.get(key, 0) + 1
+        return found
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 server for the session (moto, no mock): dummy credentials in ``AWS_*``,
+    no AWS configuration files; authentication on, so a wrong key is refused."""
+    import logging
+    import os
+    import urllib.request
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    home = tmp_path_factory.mktemp("aws")
+    saved = {k: os.environ.get(k) for k in _AWS_VARIABLES}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                      AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+                      AWS_CONFIG_FILE=str(home / "config"),
+                      AWS_SHARED_CREDENTIALS_FILE=str(home / "credentials"))
+    os.environ.pop("AWS_PROFILE", None)
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        import boto3
+
+        iam = boto3.session.Session().client("iam", endpoint_url=endpoint,
+                                             region_name="us-east-1")
+        iam.create_user(UserName="fm2s")
+        key = iam.create_access_key(UserName="fm2s")["AccessKey"]
+        iam.put_user_policy(UserName="fm2s", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        os.environ.update(AWS_ACCESS_KEY_ID=key["AccessKeyId"],
+                          AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"])
+        request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"0",
+                                         headers={"Content-Type": "text/plain"},
+                                         method="POST")
+        urllib.request.urlopen(request, timeout=30).read()  # from now on, keys are checked
+        yield S3Server(endpoint)
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+_AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                  "AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
+                  "AWS_PROFILE", "AWS_SESSION_TOKEN")

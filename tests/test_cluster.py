@@ -239,3 +239,36 @@ def test_an_unreachable_scheduler_is_found_before_training(tmp_path, volume, mon
     assert len(lines) == 1 and "Traceback" not in res.output, res.output
     assert lines[0].startswith(f"error: --scheduler {address}: cannot reach a dask scheduler")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]
+
+
+@pytest.mark.slow
+def test_jobqueue_jobs_give_the_same_bytes(tmp_path, volume, quick_model):
+    """--cluster local: dask-jobqueue's local job class starts the workers as separate
+    processes (one job each), with the jobqueue settings of the user's dask config."""
+    scratch = tmp_path / "scratch"
+    settings = {"jobqueue.local.cores": 1, "jobqueue.local.memory": "1GiB",
+                "jobqueue.local.processes": 1, "jobqueue.local.local-directory": str(scratch),
+                "jobqueue.local.death-timeout": 30}
+    _apply(quick_model, volume, tmp_path / "threads.ome.zarr")
+    with dask.config.set(settings):
+        summary = _apply(quick_model, volume, tmp_path / "jobs.ome.zarr", "--cluster", "local",
+                         "--workers", "2")
+    assert "dask cluster" in summary, summary
+    assert tree_bytes(tmp_path / "jobs.ome.zarr") == tree_bytes(tmp_path / "threads.ome.zarr")
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--cluster", "slurm"], "no dask-jobqueue settings for slurm (cores and memory not set)"),
+    (["--cluster", "pbs", "--scheduler", "tcp://127.0.0.1:8786"], "excludes scheduler"),
+])
+def test_cluster_without_jobqueue_settings_is_one_line(tmp_path, volume, quick_model, extra,
+                                                       words):
+    with dask.config.set({"jobqueue.slurm.cores": None, "jobqueue.slurm.memory": None}):
+        res = runner.invoke(app, ["apply", str(quick_model), str(volume), "-o",
+                                  str(tmp_path / "out.ome.zarr"), "-q", *extra])
+    assert res.exit_code == 1
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --cluster ") and words in lines[0], \
+        res.output
+    assert "jobqueue.yaml" in lines[0] or "scheduler" in words
+    assert not (tmp_path / "out.ome.zarr").exists()

@@ -172,3 +172,190 @@ def test_missing_chunks_stop_the_commit(tmp_path, stack_uint16):
     assert read_state(tmp_path / "out.ome.zarr")["state"] == "complete"
     assert not (tmp_path / "out.ome.zarr" / ".fm2s-run").exists()
     assert open_image(tmp_path / "out.ome.zarr").data.shape == stack_uint16.shape
+
+
+# --- sharded outputs (--shards) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard_volume(tmp_path_factory) -> Path:
+    """A two-channel OME-Zarr 0.5 of 2 x 6 planes of 72 x 88, two levels."""
+    from fm2s.sample import synthetic_stack
+
+    noisy, _ = synthetic_stack((1, 2, 6, 72, 88), np.random.default_rng(11))
+    return write_ngff(tmp_path_factory.mktemp("shards") / "in.ome.zarr", noisy, "tczyx", "0.5")
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def _pixels(path: Path) -> list[np.ndarray]:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="r")
+    return [group[name][:] for name in ("s0", "s1")]
+
+
+@pytest.mark.parametrize("shards", ["auto", "1,1,2,72,88"])
+def test_a_sharded_output_holds_the_pixels_of_the_unsharded_one(shard_volume, quick_model,
+                                                                tmp_path, shards):
+    import zarr
+    from ome_zarr_models.v05.image import Image as NgffImage
+
+    from fm2s.jobs import apply
+
+    plain, sharded = tmp_path / "plain.ome.zarr", tmp_path / "sharded.ome.zarr"
+    apply(quick_model, shard_volume, plain)
+    report = apply(quick_model, shard_volume, sharded, shards=shards)
+    for a, b in zip(_pixels(plain), _pixels(sharded)):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    level0 = zarr.open_array(str(sharded / "s0"), mode="r")
+    expected = (1, 2, 6, 72, 88) if shards == "auto" else (1, 1, 2, 72, 88)
+    assert level0.shards == expected and level0.chunks == (1, 1, 1, 72, 88)
+    NgffImage.from_zarr(zarr.open_group(str(sharded), mode="r"))  # valid NGFF 0.5
+    shard_files = [p for p in _files(sharded) if "/c/" in str(p)]
+    chunk_files = [p for p in _files(plain) if "/c/" in str(p)]
+    assert len(chunk_files) == 24
+    assert len(shard_files) == (2 if shards == "auto" else 12)
+    assert report.chunks_written == len(shard_files)  # counted in shards
+
+    # read back by ome-zarr-py, an independent reader
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    node = next(iter(Reader(parse_url(str(sharded)))()))
+    assert np.array_equal(np.asarray(node.data[0]), _pixels(plain)[0])
+
+
+def test_no_shard_is_written_by_two_tasks(quick_model, tmp_path, monkeypatch):
+    """Blocks of a sharded output are whole shards: each shard is written by one task,
+    in one piece; blocks that do not consist of whole shards are refused. The shards span
+    two planes, the denoised blocks one: without the alignment two tasks would write each
+    shard."""
+    import threading
+
+    import dask.array as da
+    import zarr
+
+    import fm2s.tiling
+    from fm2s.jobs import apply
+    from fm2s.sample import synthetic_stack
+    from fm2s.tiling import check_aligned, chunk_indices, write_grid, write_tasks
+
+    noisy, _ = synthetic_stack((1, 1, 2, 1100, 300), np.random.default_rng(2))
+    source = write_ngff(tmp_path / "in.ome.zarr", noisy[0], "czyx", "0.5", levels=1)
+    calls, lock = [], threading.Lock()
+    write = fm2s.tiling._write_block
+
+    def _write_block(block, target, done=None, level=0, block_info=None):
+        region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])
+        with lock:
+            calls.append((level, region, write_grid(target), target.shape))
+        return write(block, target, done, level, block_info)
+
+    monkeypatch.setattr(fm2s.tiling, "_write_block", _write_block)
+    out = tmp_path / "out.ome.zarr"
+    apply(quick_model, source, out, shards="1,2,1024,300")
+    writers: dict[tuple, int] = {}
+    for level, region, grid, shape in calls:
+        assert grid == (1, 2, 1024, 300)
+        for s, g, n in zip(region, grid, shape):  # whole shards only
+            assert s.start % g == 0 and (s.stop % g == 0 or s.stop == n)
+        for index in chunk_indices(region, grid):
+            writers[(level, index)] = writers.get((level, index), 0) + 1
+    assert len(writers) == 2 and set(writers.values()) == {1}  # 2 shards in y
+    assert np.array_equal(zarr.open_array(str(out / "s0"), mode="r")[:],
+                          _apply_plain(quick_model, source, tmp_path))
+
+    target = zarr.open_array(str(out / "s0"), mode="r")
+    for blocks in ((1, 1, 1024, 300), (1, 2, 512, 300)):  # half a shard in z, in y
+        with pytest.raises(ValueError, match="whole write units"):
+            write_tasks(da.zeros(target.shape, dtype="u2", chunks=blocks), target)
+    with pytest.raises(ValueError, match="whole write units"):
+        check_aligned(((1,), (2,), (1024, 76), (150, 150)), (1, 2, 1024, 300))
+    check_aligned(((1,), (2,), (1024, 76), (300,)), (1, 2, 1024, 300))
+
+
+def _apply_plain(model, source: Path, tmp_path: Path) -> np.ndarray:
+    import zarr
+
+    from fm2s.jobs import apply
+
+    apply(model, source, tmp_path / "plain.ome.zarr")
+    return zarr.open_array(str(tmp_path / "plain.ome.zarr" / "s0"), mode="r")[:]
+
+
+def test_shards_are_refused_where_they_do_not_fit(shard_volume, quick_model, tmp_path):
+    from fm2s.errors import ParameterError
+    from fm2s.jobs import apply
+
+    for shards, words in (("1,1,1,50,88", "multiple of the chunk"), ("1,1,72,88", "one size"),
+                          ("big", "auto or one size")):
+        with pytest.raises(ParameterError, match=words):
+            apply(quick_model, shard_volume, tmp_path / "x.ome.zarr", shards=shards)
+    v04 = write_ngff(tmp_path / "v04.ome.zarr", np.zeros((2, 64, 64), np.uint16), "zyx", "0.4",
+                     levels=1)
+    with pytest.raises(ParameterError, match="NGFF 0.5"):
+        apply(quick_model, v04, tmp_path / "y.ome.zarr", shards="auto")
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("v04.ome.zarr",)]
+
+
+#: apply with shards in a fresh interpreter that SIGKILLs itself after the n-th level-0
+#: block written: argv = model source output shards n
+KILLED_SHARDS = """
+import os, signal, sys, threading
+import fm2s.tiling
+model, source, output, shards, n = sys.argv[1:5] + [int(sys.argv[5])]
+count, lock = [0], threading.Lock()
+write = fm2s.tiling._write_block
+
+def _write_block(block, target, done=None, level=0, block_info=None):
+    out = write(block, target, done, level, block_info)
+    if level == 0:
+        with lock:
+            count[0] += 1
+            if count[0] == n:
+                os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+fm2s.tiling._write_block = _write_block
+from fm2s.jobs import apply
+apply(model, source, output, shards=shards)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_sharded_run_resumes_per_shard_to_the_same_bytes(shard_volume, quick_model,
+                                                                  tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import tree_bytes
+
+    from fm2s.jobs import apply
+    from fm2s.runs import Done
+
+    shards = "1,1,2,72,88"
+    reference = tmp_path / "ref.ome.zarr"
+    apply(quick_model, shard_volume, reference, shards=shards)
+    out = tmp_path / "out.ome.zarr"
+    killed = subprocess.run([sys.executable, "-c", KILLED_SHARDS, str(quick_model),
+                             str(shard_volume), str(out), shards, "3"], capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    marked = Done(str(out / ".fm2s-run")).listing(0)
+    assert len(marked) >= 3  # shards of level 0 (6 of them), each marked once written
+    files = {key: (out / "s0" / "c" / key.replace(".", "/")).stat() for key in marked}
+    report = apply(quick_model, shard_volume, out, shards=shards, resume=True)
+    assert report.resumed and report.chunks_before == len(marked)
+    assert report.chunks_written == 6 + 6 - len(marked)
+    for key, st in files.items():  # a shard written before was not written again
+        now = (out / "s0" / "c" / key.replace(".", "/")).stat()
+        assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    assert tree_bytes(out) == tree_bytes(reference)
+    import zarr
+
+    assert zarr.open_array(str(out / "s0"), mode="r").shards == (1, 1, 2, 72, 88)
