@@ -29,9 +29,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import stores
 from .errors import FM2SError, ParameterError
-from .stores import is_remote, location
+from .stores import check_store, is_http, is_remote, listing, location, store_problem
+from .stores import remove as remove_location
 
 #: the hidden folder of a running output that holds its models and chunk markers
 RUN_DIR = ".fm2s-run"
@@ -87,7 +87,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 def remove(path: Path) -> None:
     """Remove a file or a folder tree (nothing if it is not there)."""
-    stores.remove(_path(path))
+    remove_location(_path(path))
 
 
 def read_state(zarr_path: Path) -> dict | None:
@@ -133,9 +133,9 @@ def refuse_unfinished(source, storage_options: dict | None = None) -> None:
     wrong credentials)."""
     path = location(source, storage_options)
     if is_remote(path):
-        if stores.is_http(path):
+        if is_http(path):
             return
-        stores.check_store(path, "input")
+        check_store(path, "input")
     if path.is_dir() and unfinished(path) is not None:
         raise FM2SError(f"'{source}' is an unfinished fm2s-tile output (its run was "
                         "interrupted): complete it by rerunning the command that wrote it "
@@ -177,7 +177,7 @@ class Done:
 
     def listing(self, level: int) -> set[str]:
         """Marker names of the chunks of ``level`` written so far."""
-        return stores.listing(self._dir(level))
+        return listing(self._dir(level))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -277,7 +277,7 @@ class RunLock:
                               "whether that run still writes")
             self.path.write_text(json.dumps(self._info()))
         except OSError as exc:
-            problem = stores.store_problem(exc, str(self.output))
+            problem = store_problem(exc, str(self.output))
             raise FM2SError(problem or f"cannot write the lock object '{self.path}' "
                             f"({exc}): check the URL and --storage-options") from None
         self._object = True
@@ -297,7 +297,7 @@ class RunLock:
         """Remove the lock file and drop the lock."""
         if self._object:
             self._object = False
-            stores.remove(self.path)
+            remove_location(self.path)
             return
         if self._fd is None:
             return

@@ -27,7 +27,7 @@ INFERENCE = ["fm2s.runtime", "fm2s.runs", "fm2s.tiling", "fm2s.readers", "fm2s.w
 #: the training side by name; any other module that imports torch at module level counts as
 #: training side too
 TORCH_SIDE = ["fm2s.network", "fm2s.noise", "fm2s.cudagraph", "fm2s.training", "fm2s.export",
-              "fm2s.selection", "fm2s.model"]
+              "fm2s.selection", "fm2s.model", "fm2s.grouped"]
 
 #: function-level imports of the training side that the inference modules may make:
 #: (module, function) -> what it imports
@@ -35,7 +35,11 @@ LAZY_TRAINING_IMPORTS = {
     ("fm2s", "__getattr__"): {"fm2s.model"},  # fm2s.TrainedModel
     ("fm2s.api", "train"): {"fm2s.model"},
     ("fm2s.jobs", "train_and_apply"): {"fm2s.model"},
+    # a stack's channels trained as one batched program (issue 28)
+    ("fm2s.jobs", "_channels_together"): {"fm2s.grouped", "fm2s.model", "fm2s.training"},
     ("fm2s.batch", "_shared_models"): {"fm2s.model"},  # --share-models
+    # many images' models trained as batched programs (issue 28)
+    ("fm2s.batch", "train_and_apply_many"): {"fm2s.grouped", "fm2s.model", "fm2s.training"},
     ("fm2s.package", "torchscript"): {"torch", "fm2s.export"},  # writing a package
     ("fm2s.runtime", "choose_providers"): {"torch"},  # CUDA libraries for onnxruntime-gpu
 }
