@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fm2s.sample import synthetic_image
+from fm2s.sample import synthetic_image, synthetic_stack
 
 FMD = Path(__file__).resolve().parents[2] / "shared" / "data" / "fmd"
 
@@ -74,6 +74,34 @@ def tree_bytes(root: Path, skip_metadata: bool = True) -> dict[str, bytes]:
     meta = {"zarr.json", ".zattrs"}
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and not (skip_metadata and p.name in meta and p.parent == root)}
+
+
+#: the start of a script run in a fresh interpreter that SIGKILLs itself once ``KILL_AFTER``
+#: (set by the script before it) level-0 blocks are written; the script goes on with its job
+KILL_AFTER_BLOCKS = """
+import os, signal, threading
+import fm2s.tiling
+count, lock = [0], threading.Lock()
+write = fm2s.tiling._write_block
+
+def _write_block(block, target, done=None, level=0, block_info=None):
+    out = write(block, target, done, level, block_info)
+    if level == 0:
+        with lock:
+            count[0] += 1
+            if count[0] == KILL_AFTER:
+                os.kill(os.getpid(), signal.SIGKILL)
+    return out
+
+fm2s.tiling._write_block = _write_block
+"""
+
+
+def two_channel_volume(path: Path) -> Path:
+    """A two-channel OME-Zarr 0.5 of 2 x 6 planes of 72 x 88 (one chunk each), two levels,
+    written by ome-zarr-py."""
+    noisy, _ = synthetic_stack((1, 2, 6, 72, 88), np.random.default_rng(3))
+    return write_ngff(path, noisy, "tczyx", "0.5")
 
 
 def write_ngff(path: Path, data: np.ndarray, axes: str, version: str, levels: int = 2,

@@ -17,14 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tree_bytes, write_ngff
+from conftest import tree_bytes, two_channel_volume
 from typer.testing import CliRunner
 
 from fm2s.cli import app
 from fm2s.errors import FM2SError
 from fm2s.jobs import apply, info, train_and_apply
 from fm2s.runs import Done, RunLock, lock_path, read_state, unfinished
-from fm2s.sample import synthetic_stack
 
 #: a short training schedule (about a second a channel)
 QUICK = {"samples": 4, "warmup_steps": 1}
@@ -87,8 +86,7 @@ def _run_script(*args, **kwargs) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory) -> Path:
     """A two-channel OME-Zarr of 2 x 6 planes (one chunk each), two levels."""
-    noisy, _ = synthetic_stack((1, 2, 6, 72, 88), np.random.default_rng(3))
-    return write_ngff(tmp_path_factory.mktemp("vol") / "in.ome.zarr", noisy, "tczyx", "0.5")
+    return two_channel_volume(tmp_path_factory.mktemp("vol") / "in.ome.zarr")
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,16 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tree_bytes, write_ngff
+from conftest import KILL_AFTER_BLOCKS, tree_bytes, two_channel_volume
 from typer.testing import CliRunner
 
 from fm2s.cli import app
 from fm2s.jobs import apply, info, train_and_apply
 from fm2s.runs import read_state
-from fm2s.sample import synthetic_stack
 from fm2s.stores import check_storage_options, is_url, location
 
 #: a short training schedule (about a second a channel)
@@ -31,8 +29,7 @@ QUICK = {"samples": 4, "warmup_steps": 1}
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory) -> Path:
     """A two-channel OME-Zarr 0.5 of 2 x 6 planes (one chunk each), two levels."""
-    noisy, _ = synthetic_stack((1, 2, 6, 72, 88), np.random.default_rng(3))
-    return write_ngff(tmp_path_factory.mktemp("vol") / "in.ome.zarr", noisy, "tczyx", "0.5")
+    return two_channel_volume(tmp_path_factory.mktemp("vol") / "in.ome.zarr")
 
 
 @pytest.fixture(scope="module")
@@ -139,27 +136,14 @@ def test_apply_with_two_workers_s3_to_s3_writes_the_bytes_of_a_local_run(s3, s3_
 
 #: run in a fresh interpreter: argv = source output storage-options n; SIGKILLs itself
 #: after the n-th level-0 block written
-KILLED = textwrap.dedent("""
-    import os, signal, sys, threading
-    import fm2s.tiling
-    source, output, options, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    count, lock = [0], threading.Lock()
-    write = fm2s.tiling._write_block
-
-    def _write_block(block, target, done=None, level=0, block_info=None):
-        out = write(block, target, done, level, block_info)
-        if level == 0:
-            with lock:
-                count[0] += 1
-                if count[0] == n:
-                    os.kill(os.getpid(), signal.SIGKILL)
-        return out
-
-    fm2s.tiling._write_block = _write_block
-    from fm2s.jobs import train_and_apply
-    train_and_apply(source, output, device="cpu", train_planes=3, samples=4, warmup_steps=1,
-                    storage_options=options)
-""")
+KILLED = """
+import sys
+source, output, options, KILL_AFTER = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+""" + KILL_AFTER_BLOCKS + """
+from fm2s.jobs import train_and_apply
+train_and_apply(source, output, device="cpu", train_planes=3, samples=4, warmup_steps=1,
+                storage_options=options)
+"""
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from conftest import write_ngff
+from conftest import KILL_AFTER_BLOCKS, write_ngff
 
 from fm2s.errors import FM2SError
 from fm2s.readers import check_axes, open_image
@@ -304,22 +304,9 @@ def test_shards_are_refused_where_they_do_not_fit(shard_volume, quick_model, tmp
 #: apply with shards in a fresh interpreter that SIGKILLs itself after the n-th level-0
 #: block written: argv = model source output shards n
 KILLED_SHARDS = """
-import os, signal, sys, threading
-import fm2s.tiling
-model, source, output, shards, n = sys.argv[1:5] + [int(sys.argv[5])]
-count, lock = [0], threading.Lock()
-write = fm2s.tiling._write_block
-
-def _write_block(block, target, done=None, level=0, block_info=None):
-    out = write(block, target, done, level, block_info)
-    if level == 0:
-        with lock:
-            count[0] += 1
-            if count[0] == n:
-                os.kill(os.getpid(), signal.SIGKILL)
-    return out
-
-fm2s.tiling._write_block = _write_block
+import sys
+model, source, output, shards, KILL_AFTER = sys.argv[1:5] + [int(sys.argv[5])]
+""" + KILL_AFTER_BLOCKS + """
 from fm2s.jobs import apply
 apply(model, source, output, shards=shards)
 """
