@@ -9,7 +9,8 @@ publishes them). Each image is denoised by two whole commands:
   the group's microscope (the name's first word) at that level; ``--reference fast`` runs
   the default recipe with that preset instead (it matches v2 within 0.02 dB at avg1,
   benchmarks/RESULTS.md, in a tenth of v2's time on a CPU);
-- ``auto``: the default command, no ``--recipe``, no ``--microscope``.
+- ``auto``: the default command, no ``--recipe``, no ``--microscope`` (``--microscope
+  compare`` runs that side with ``--microscope compare``).
 
 It prints a table (PSNR in dB against the ground truth, data range 255; wall time of the
 auto command) and, per level, the means and the checks of the auto noise calibration.
@@ -17,6 +18,7 @@ auto command) and, per level, the means and the checks of the auto noise calibra
     python benchmarks/levels.py                         # v2 reference (about 5 min per
                                                         # image on 2 CPU cores; a GPU helps)
     python benchmarks/levels.py --reference fast --levels 2,4
+    python benchmarks/levels.py --reference none --microscope compare
     python benchmarks/levels.py --device cuda --jobs 4  # a GPU, four images at a time
                                                         # (then the seconds overlap)
 """
@@ -75,8 +77,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1, help="images denoised at a time")
+    ap.add_argument("--microscope", default="",
+                    help="the auto side's --microscope (default: none, the default command)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
+    auto_options = ["--microscope", args.microscope] if args.microscope else []
     if not (args.data / "raw").is_dir():
         sys.exit(f"no FMD-like folder at {args.data}: pass --data")
     # the installed command, else the package on PYTHONPATH (the GPU machine)
@@ -93,8 +98,8 @@ def main() -> None:
             src = Path(tmp) / f"{group}_avg{level}.png"
             Image.fromarray(noisy).save(src)
             truth = np.asarray(Image.open(args.data / "gt" / f"{group}.png"))
-            auto, wall, text = denoise(exe, src, src.with_suffix(".auto.png"), [], args.seed,
-                                       args.device)
+            auto, wall, text = denoise(exe, src, src.with_suffix(".auto.png"), auto_options,
+                                       args.seed, args.device)
             decision = next((line.strip() for line in text.splitlines()
                              if line.strip().startswith("auto:")), "")
             ref = None

@@ -38,7 +38,6 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +52,7 @@ from fm2s.normalize import fit_normalization, stack_stats
 from fm2s.recipes import config_for
 from fm2s.runtime import OnnxDenoiser
 from fm2s.sample import synthetic_stack
-from fm2s.selection import SELECTION, candidates, score, scored_planes
+from fm2s.selection import SELECTION, ScoreNoise, candidates, score, scored_planes
 from fm2s.training import train_network
 
 SIZE = 256
@@ -113,14 +112,28 @@ def grey(image: np.ndarray, depth: int) -> np.ndarray:
     return image if depth == 8 else (image - OFFSET16) / GAIN16
 
 
-def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int) -> dict:
+def true_noise(normalization, photons: float, read: float, correlated: bool,
+               depth: int) -> ScoreNoise:
+    """The case's own noise in the normalized units of the run (what the score would
+    draw with a perfect noise measurement)."""
+    zero, one = (0.0, 1.0) if depth == 8 else (OFFSET16, OFFSET16 + GAIN16)
+    x0, x1 = normalization.forward(np.array([zero, one]))
+    s = float(x1 - x0)  # normalized units per grey level
+    gain = s / photons  # variance = s^2 (I_grey / photons + read^2), I_grey = (I - x0) / s
+    return ScoreNoise(gain, s * s * read * read - gain * float(x0), BLUR if correlated else 0.0)
+
+
+def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int,
+             truth: tuple[float, float, bool]) -> dict:
     """Every candidate's PSNR (full schedule), compare's choice, its PSNR and its seconds.
 
     compare's steps as :func:`fm2s.model.select_and_train` takes them (each candidate's
     comparison run, scored by :func:`fm2s.selection.score`), then every candidate's full
-    run (compare's is its winner's). Each comparison run and full run is also scored by
-    binomial thinning (``split="thinning"``), to compare the two ways of drawing the
-    score's noise on the same networks.
+    run (compare's is its winner's). Each comparison run and full run is also scored with
+    the case's true noise model (``truth``: photons, read noise, correlated), to tell the
+    score's errors from the noise measurement's: ``chosen_true`` is what the selection
+    would choose with a perfect measurement, ``variance_ratio`` the measured model's mean
+    variance over the true one (over the clean image's pixels).
     """
     config = config_for("fast", "compare", seed, 1)
     normalization = fit_normalization(noisy, config.normalization)
@@ -129,17 +142,26 @@ def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int) -> dic
     start = time.perf_counter()
     estimate = estimate_noise(normalized)
     planes = scored_planes(normalized[None], SELECTION.max_planes)
-    thinning = replace(SELECTION, split="thinning")
+    exact = true_noise(normalization, *truth, depth)
+    measured = ScoreNoise.of(estimate_noise(normalized, SELECTION.noise))
+    laplacian = ScoreNoise.of(estimate)  # the rules' measurement, the score's until 2026-12-05
+    level = normalization.forward(clean if depth == 8 else clean * GAIN16 + OFFSET16)
     compared = candidates(config, estimate, normalized.shape)
-    scores, thinned = {}, {}
+    scores, true_scores, laplacian_scores = {}, {}, {}
     for name, full in compared:
         net = train_network(normalized, SELECTION.screening(full), "cpu")
-        scores[name] = score(net, planes, estimate, full)
-        thinned[name] = score(net, planes, estimate, full, thinning)
+        scores[name] = score(net, planes, measured, full)
+        true_scores[name] = score(net, planes, exact, full)
+        laplacian_scores[name] = score(net, planes, laplacian, full)
     chosen = min(scores, key=scores.get)
     row = {"noisy": psnr(grey(noisy, depth), clean), "chosen": chosen, "scores": scores,
-           "thinning_scores": thinned, "chosen_thinning": min(thinned, key=thinned.get),
+           "true_scores": true_scores, "chosen_true": min(true_scores, key=true_scores.get),
+           "laplacian_scores": laplacian_scores,
+           "chosen_laplacian": min(laplacian_scores, key=laplacian_scores.get),
            "screen_s": time.perf_counter() - start,
+           "variance_ratio": float(np.mean(np.maximum(measured.gain * level + measured.offset, 0))
+                                   / np.mean(exact.gain * level + exact.offset)),
+           "measured_width": measured.width, "true_width": exact.width,
            "relative_noise": estimate.relative_noise, "ratio": estimate.fine_ratio,
            "gain": estimate.gain, "offset": estimate.offset}
 
@@ -148,15 +170,16 @@ def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int) -> dic
         out = apply(OnnxDenoiser(model.to_bytes(), provider="cpu"), noisy, "cpu")
         return psnr(grey(out, depth), clean)
 
-    row["full_scores"], row["full_thinning_scores"] = {}, {}
+    row["full_scores"], row["full_true_scores"] = {}, {}
     for name, full in compared:
         net = train_network(normalized, full, "cpu")
         row[name] = quality(net, full)
         # the same scores on the full runs: would scoring full runs choose better?
-        row["full_scores"][name] = score(net, planes, estimate, full)
-        row["full_thinning_scores"][name] = score(net, planes, estimate, full, thinning)
+        row["full_scores"][name] = score(net, planes, measured, full)
+        row["full_true_scores"][name] = score(net, planes, exact, full)
     row["auto"] = row[chosen]
-    row["auto_thinning"] = row[row["chosen_thinning"]]
+    row["auto_true"] = row[row["chosen_true"]]
+    row["auto_laplacian"] = row[row["chosen_laplacian"]]
     return row
 
 
@@ -190,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         case_rng = np.random.default_rng([args.seed, names.index(name), PHOTONS.index(p),
                                           READ.index(r), corr, depth])
         noisy = noisy_case(clean[name], p, r, corr, depth, case_rng)
-        row = run_case(noisy, clean[name], depth, args.seed)
+        row = run_case(noisy, clean[name], depth, args.seed, (p, r, corr))
         label = f"{name} p{p:g} r{r:g} {'corr' if corr else 'white'} {depth}-bit"
         row.update(case=label, oracle=max(row[c] for c in PRESETS))
         rows.append(row)
         print(f"{label:42s} {row['noisy']:6.2f} " + " ".join(f"{row[c]:9.2f}" for c in columns)
-              + f"  {row['chosen']:10s} {row['oracle']:6.2f}", flush=True)
+              + f"  {row['chosen']:10s} {row['oracle']:6.2f}  true model: {row['chosen_true']:10s}"
+              f" {row['auto_true']:6.2f}  variance x{row['variance_ratio']:.2f}", flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
     means = {c: statistics.mean(r[c] for r in rows) for c in ["noisy", *columns, "oracle"]}
@@ -207,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     worst = min(rows, key=lambda r: r["auto"] - r["oracle"])
     print(f"cases with auto > 0.3 dB below the best preset: {len(short)} of {len(rows)}; worst "
           f"{worst['case']} {worst['auto'] - worst['oracle']:+.2f} dB")
+    print(f"scored with the rules' (Laplacian) noise measurement: mean "
+          f"{statistics.mean(r['auto_laplacian'] for r in rows):.2f} dB, "
+          f"{sum(r['auto_laplacian'] < r['oracle'] - 0.3 for r in rows)} cases > 0.3 dB below")
+    print(f"with the true noise model: mean {statistics.mean(r['auto_true'] for r in rows):.2f}"
+          f" dB, {sum(r['auto_true'] < r['oracle'] - 0.3 for r in rows)} cases > 0.3 dB below"
+          " the best preset")
     print(f"auto picked the oracle's preset (or within 0.1 dB) in "
           f"{sum(r['auto'] >= r['oracle'] - 0.1 for r in rows)} of {len(rows)} cases")
     return 0

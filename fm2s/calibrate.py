@@ -25,6 +25,7 @@ No file name or metadata is looked at.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -75,6 +76,8 @@ MIN_VARIANCE = 1e-6
 #: most pixels looked at per plane, and bins of local mean
 MAX_PIXELS = 1 << 20
 BINS = 12
+#: fewest pixels a bin is read from
+MIN_BIN = 64
 #: fraction of each bin's squared residuals kept (its quieter part): for the variance
 #: fit, and for the lag-1/lag-2 ratio (which edges and texture would bias more)
 KEEP_VARIANCE = 0.9
@@ -106,12 +109,15 @@ class NoiseEstimate:
         below :data:`CORRELATED_BELOW` for spatially correlated noise.
     mean
         Mean intensity of the planes.
+    residual
+        The residual measured with (:class:`NoiseMeasurement`).
     """
 
     gain: float
     offset: float
     fine_ratio: float
     mean: float
+    residual: str = "laplacian"
 
     @property
     def relative_noise(self) -> float:
@@ -137,6 +143,16 @@ class NoiseEstimate:
                 f"{self.mean:.3g} (normalized; relative noise {self.relative_noise:.2f})")
 
 
+def _diagonal(plane: np.ndarray, lag: int) -> np.ndarray:
+    """Second differences across both axes, taps ``lag`` apart (unit gain on white
+    noise): zero on any image that is a sum of a function of y and one of x, and on every
+    quadratic surface, so smooth structure, edges along an axis and blobs wider than a
+    few pixels leak less into it than into the Laplacian."""
+    taps = np.zeros(2 * lag + 1)
+    taps[0], taps[lag], taps[-1] = 1.0, -2.0, 1.0
+    return ndimage.convolve(plane, np.outer(taps, taps) / 6.0, mode="reflect")
+
+
 def _laplacian(plane: np.ndarray, lag: int) -> np.ndarray:
     kernel = np.zeros((2 * lag + 1, 2 * lag + 1))
     kernel[lag, lag] = -4.0
@@ -149,18 +165,59 @@ def _subsample(plane: np.ndarray) -> np.ndarray:
     return plane[::step, ::step] if step > 1 else plane
 
 
-def estimate_noise(planes: np.ndarray) -> NoiseEstimate:
+RESIDUALS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
+    "laplacian": _laplacian, "diagonal": _diagonal}
+
+
+@dataclass(frozen=True)
+class NoiseMeasurement:
+    """How :func:`estimate_noise` measures (data, not code branches).
+
+    Parameters
+    ----------
+    residual
+        The high-pass residual the variance is read from: ``laplacian`` (the one the
+        rules of :func:`choose` were fitted with) or ``diagonal`` (:func:`_diagonal`: sees
+        less of the image's structure; what ``auto``'s score draws its noise from).
+    tail_bins
+        Bins of equal width in intensity added from the 98th to the 99.9th percentile of
+        the local mean when that range is wider than the one below it: a sparse image
+        (spots on a dark background) holds its signal, and most of its photon noise, in
+        its brightest few per cent.
+    """
+
+    residual: str = "laplacian"
+    tail_bins: int = 0
+
+    def __post_init__(self) -> None:
+        if self.residual not in RESIDUALS:
+            raise ValueError(f"residual must be one of {sorted(RESIDUALS)}")
+        if self.tail_bins < 0:
+            raise ValueError("tail_bins must be >= 0")
+
+
+#: the measurement the rules of :func:`choose` read (their constants were fitted on it)
+FOR_RULES = NoiseMeasurement()
+#: the measurement ``auto``'s comparison draws its score's noise from (fm2s.selection)
+FOR_SCORE = NoiseMeasurement("diagonal", 4)
+
+
+def estimate_noise(planes: np.ndarray, measurement: NoiseMeasurement = FOR_RULES
+                   ) -> NoiseEstimate:
     """Measure the noise of a 2D image or a (K, H, W) stack of planes of one channel.
 
     Parameters
     ----------
     planes
         Normalized intensities (about [0, 1]); planes of at least 16 x 16 pixels.
+    measurement
+        Which residual, which bins.
 
     Returns
     -------
     NoiseEstimate
     """
+    residual = RESIDUALS[measurement.residual]
     stack = np.asarray(planes, dtype=np.float64)
     stack = stack[None] if stack.ndim == 2 else stack
     means, fine, coarse = [], [], []
@@ -168,15 +225,20 @@ def estimate_noise(planes: np.ndarray) -> NoiseEstimate:
         local = ndimage.uniform_filter(plane, 7, mode="reflect")
         # large planes: the residuals of the whole plane, every step-th pixel kept
         means.append(_subsample(local).ravel())
-        fine.append(_subsample(_laplacian(plane, 1)).ravel() ** 2)
-        coarse.append(_subsample(_laplacian(plane, 2)).ravel() ** 2)
+        fine.append(_subsample(residual(plane, 1)).ravel() ** 2)
+        coarse.append(_subsample(residual(plane, 2)).ravel() ** 2)
     mean_i, fine_v, coarse_v = (np.concatenate(a) for a in (means, fine, coarse))
-    edges = np.unique(np.quantile(mean_i, np.linspace(0.02, 0.98, BINS + 1)))
+    edges = np.quantile(mean_i, np.linspace(0.02, 0.98, BINS + 1))
+    top = float(np.quantile(mean_i, 0.999))
+    if measurement.tail_bins and top > 2 * edges[-1] - edges[0]:
+        tail = np.linspace(edges[-1], top, measurement.tail_bins + 1)[1:]
+        edges = np.concatenate([edges, tail])
+    edges = np.unique(edges)
     centres, v1, v2, r1, r2 = [], [], [], [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (mean_i >= lo) & (mean_i < hi)
         count = int(inside.sum())
-        if count < 64:
+        if count < MIN_BIN:
             continue
         centres.append(float(mean_i[inside].mean()))
         f, c = fine_v[inside], coarse_v[inside]
@@ -186,9 +248,11 @@ def estimate_noise(planes: np.ndarray) -> NoiseEstimate:
         r2.append(_trimmed(c, KEEP_RATIO))
     mean = float(stack.mean())
     if not centres:  # a constant image: no noise to measure
-        return NoiseEstimate(0.0, 0.0, 1.0, mean)
+        return NoiseEstimate(0.0, 0.0, 1.0, mean, measurement.residual)
     v1a, v2a, r1a, r2a = (np.array(a) for a in (v1, v2, r1, r2))
-    ok = r2a > 0
+    # bins without residuals at either lag (a flat, noiseless background: sparse images)
+    # say nothing of the noise's correlation
+    ok = (r1a > 0) & (r2a > 0)
     ratio = float(np.median(r1a[ok] / r2a[ok])) if ok.any() else 1.0
     # correlated noise: lag-1 residuals miss most of it, the lag-2 ones see it
     variances = v2a if ratio < CORRELATED_BELOW else v1a
@@ -198,7 +262,7 @@ def estimate_noise(planes: np.ndarray) -> NoiseEstimate:
         gain, offset = 0.0, float(variances.mean())
     if gain < 0:  # noise that falls with intensity: model it as signal-independent
         gain, offset = 0.0, float(variances.mean())
-    return NoiseEstimate(float(gain), float(offset), ratio, mean)
+    return NoiseEstimate(float(gain), float(offset), ratio, mean, measurement.residual)
 
 
 def choose(estimate: NoiseEstimate, factor: tuple[float, float] | None = None

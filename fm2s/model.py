@@ -293,6 +293,8 @@ def noise_record(config: TrainConfig, estimate: NoiseEstimate | None,
     if selection is not None:
         record["compared"] = {c.name: c.score for c in selection.candidates}
         record["chosen_name"] = selection.winner.name
+        if selection.noise is not None:
+            record["score_noise"] = asdict(selection.noise)
     return record
 
 

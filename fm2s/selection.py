@@ -28,7 +28,15 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .calibrate import MIN_VARIANCE, NoiseEstimate, _laplacian, calibrated_config
+from .calibrate import (
+    FOR_SCORE,
+    MIN_VARIANCE,
+    RESIDUALS,
+    NoiseEstimate,
+    NoiseMeasurement,
+    calibrated_config,
+    estimate_noise,
+)
 from .export import Denoiser
 from .network import FM2SNet
 from .normalize import Normalization
@@ -63,6 +71,11 @@ class SelectionConfig:
         with keep probability 1 / (1 + alpha^2), which gives the input and the target the
         same noise variances as recorruption and is exact for Poisson noise at any count;
         the read noise is recorrupted).
+    noise
+        How the noise the score draws is measured (:class:`fm2s.calibrate.NoiseMeasurement`;
+        the score needs the noise's variance to within a factor of about 1.5: an
+        overestimate favours candidates that smooth, an underestimate ones that keep
+        noise).
     """
 
     presets: tuple[str, ...] = ("confocal", "twophoton", "widefield", "generic")
@@ -72,6 +85,7 @@ class SelectionConfig:
     draws: int = 3
     max_planes: int = 4
     split: str = "gaussian"
+    noise: NoiseMeasurement = FOR_SCORE
 
     def __post_init__(self) -> None:
         if self.split not in ("gaussian", "thinning"):
@@ -109,10 +123,18 @@ class Selection:
 
     candidates: tuple[Candidate, ...]
     chosen: int
+    noise: ScoreNoise | None = None
 
     @property
     def winner(self) -> Candidate:
         return self.candidates[self.chosen]
+
+    def _drawn(self) -> str:
+        if self.noise is None:
+            return ""
+        kind = f"correlated (width {self.noise.width:.2f})" if self.noise.width else "white"
+        return (f", drawn as {kind} noise of variance {self.noise.gain:.3g} * I "
+                f"+ {self.noise.offset:.3g}")
 
     def describe(self) -> str:
         """One line: the scores and why the winner won."""
@@ -122,7 +144,8 @@ class Selection:
         scores = ", ".join(f"{c.name} {c.score / best:.3f}" for c in self.candidates)
         return (f"compared {len(self.candidates)} noise syntheses trained on this image "
                 f"({self.winner.screened.crop or 'whole'}-pixel crops), scored by recorruption "
-                f"(the error on a noisier copy against an independent one; relative: {scores});"
+                f"(the error on a noisier copy against an independent one{self._drawn()}; "
+                f"relative: {scores});"
                 f" chose {self.winner.name}, {margin:.1%} below the next")
 
 
@@ -135,18 +158,19 @@ def candidates(config: TrainConfig, estimate: NoiseEstimate,
                                        for name in selection.presets]
 
 
-@lru_cache(maxsize=1)
-def _ratio_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lag-1 / lag-2 residual variance ratio, and the lag-2 residual's gain, of white noise
-    blurred by Gaussians of each width (exact, from the impulse response)."""
+@lru_cache(maxsize=len(RESIDUALS))
+def _ratio_table(residual: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lag-1 / lag-2 ``residual`` variance ratio, and the lag-2 residual's gain, of white
+    noise blurred by Gaussians of each width (exact, from the impulse response)."""
+    filtered = RESIDUALS[residual]
     widths = np.linspace(0.0, 2.5, 51)
     ratios, gains = [], []
     for w in widths:
         delta = np.zeros((41, 41))
         delta[20, 20] = 1.0
         k = _blur_unit(delta, float(w))
-        ratios.append(np.sum(_laplacian(k, 1) ** 2) / np.sum(_laplacian(k, 2) ** 2))
-        gains.append(np.sum(_laplacian(k, 2) ** 2))
+        ratios.append(np.sum(filtered(k, 1) ** 2) / np.sum(filtered(k, 2) ** 2))
+        gains.append(np.sum(filtered(k, 2) ** 2))
     return widths, np.array(ratios), np.array(gains)
 
 
@@ -167,25 +191,45 @@ def correlation_width(estimate: NoiseEstimate) -> tuple[float, float]:
     own (correlated noise is measured at lag 2, which sees part of it)."""
     if not estimate.correlated:
         return 0.0, 1.0
-    widths, ratios, gains = _ratio_table()
+    widths, ratios, gains = _ratio_table(estimate.residual)
     order = np.argsort(ratios)
     width = float(np.interp(estimate.fine_ratio, ratios[order], widths[order]))
     return width, float(1.0 / np.interp(width, widths, gains))
 
 
-def recorruption_score(net: FM2SNet, planes: np.ndarray, estimate: NoiseEstimate,
+@dataclass(frozen=True)
+class ScoreNoise:
+    """The noise the score draws (normalized units): variance = gain * I + offset per
+    pixel, white noise blurred by a Gaussian of ``width`` (0: white) and rescaled to keep
+    that variance. :meth:`of` derives it from a :class:`~fm2s.calibrate.NoiseEstimate`;
+    benchmarks with a known noise build it directly, to score with the true model."""
+
+    gain: float
+    offset: float
+    width: float = 0.0
+
+    @classmethod
+    def of(cls, noise: NoiseEstimate | ScoreNoise) -> ScoreNoise:
+        if isinstance(noise, ScoreNoise):
+            return noise
+        width, scale = correlation_width(noise)
+        return cls(noise.gain * scale, noise.offset * scale, width)
+
+
+def recorruption_score(net: FM2SNet, planes: np.ndarray, noise: NoiseEstimate | ScoreNoise,
                        views: int, selection: SelectionConfig,
                        rng: np.random.Generator) -> float:
     """Mean recorruption error of ``net`` on normalized ``planes`` (K, H, W)."""
-    width, scale = correlation_width(estimate)
+    model = ScoreNoise.of(noise)
+    width = model.width
     denoiser = Denoiser(net, Normalization(0.0, 1.0), views=views).eval()
     a = selection.alpha
     total = 0.0
-    thinning = selection.split == "thinning" and not estimate.correlated and estimate.gain > 0
+    thinning = selection.split == "thinning" and width == 0 and model.gain > 0
     for plane in planes:
         if thinning:
             for _ in range(selection.draws):
-                noisier, target = thinned(plane.astype(np.float64), estimate, a, rng)
+                noisier, target = thinned(plane.astype(np.float64), model, a, rng)
                 with torch.no_grad():
                     out = denoiser(torch.from_numpy(noisier.astype(np.float32))[None, None])
                 total += float(np.mean((out[0, 0].numpy().astype(np.float64) - target) ** 2))
@@ -195,7 +239,7 @@ def recorruption_score(net: FM2SNet, planes: np.ndarray, estimate: NoiseEstimate
         # variance without bias where the image is flat (a 3 x 3 median is biased low on
         # skewed photon noise: 6-30 % less variance on the FMD captures)
         level = ndimage.convolve(plane.astype(np.float64), _NEIGHBOURS, mode="reflect")
-        sd = np.sqrt(np.maximum(estimate.gain * level + estimate.offset, MIN_VARIANCE) * scale)
+        sd = np.sqrt(np.maximum(model.gain * level + model.offset, MIN_VARIANCE))
         for _ in range(selection.draws):
             z = sd * _blur_unit(rng.standard_normal(plane.shape), width)
             noisier = torch.from_numpy((plane + a * z).astype(np.float32))[None, None]
@@ -205,7 +249,7 @@ def recorruption_score(net: FM2SNet, planes: np.ndarray, estimate: NoiseEstimate
     return total / (len(planes) * selection.draws)
 
 
-def thinned(plane: np.ndarray, estimate: NoiseEstimate, alpha: float,
+def thinned(plane: np.ndarray, estimate: NoiseEstimate | ScoreNoise, alpha: float,
             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A noisier copy of ``plane`` and an independent target with the noise variances of
     recorruption (1 + alpha^2 and 1 + 1 / alpha^2 times the plane's), by binomial thinning
@@ -252,7 +296,9 @@ def select(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
     config
         The ``auto`` config (recipe, schedule, seed).
     estimate
-        The noise measured on ``planes``.
+        The noise measured on ``planes`` for the rules (:data:`fm2s.calibrate.FOR_RULES`:
+        the ``measured`` candidate); the score's noise is measured again with
+        ``selection.noise``.
     train
         ``train(planes, config) -> FM2SNet`` (:func:`fm2s.training.train_network` with
         the run's device bound).
@@ -261,18 +307,19 @@ def select(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
     """
     stack = planes if planes.ndim == 3 else planes[None]
     scored = scored_planes(stack, selection.max_planes)
+    drawn = ScoreNoise.of(estimate_noise(stack, selection.noise))
     results = []
     for name, full in candidates(config, estimate, stack.shape[-2:], selection):
         short = selection.screening(full)
         net = train(planes, short)
         results.append(Candidate(name, full, short,
-                                 score(net, scored, estimate, full, selection)))
+                                 score(net, scored, drawn, full, selection)))
     chosen = min(range(len(results)), key=lambda i: results[i].score)
-    return Selection(tuple(results), chosen)
+    return Selection(tuple(results), chosen, drawn)
 
 
-def score(net: FM2SNet, scored: np.ndarray, estimate: NoiseEstimate, config: TrainConfig,
-          selection: SelectionConfig = SELECTION) -> float:
+def score(net: FM2SNet, scored: np.ndarray, estimate: NoiseEstimate | ScoreNoise,
+          config: TrainConfig, selection: SelectionConfig = SELECTION) -> float:
     """:func:`recorruption_score` with the draws of ``config.seed`` (the same draws for
     every candidate of a run)."""
     rng = np.random.default_rng([config.seed, 7])

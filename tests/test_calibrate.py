@@ -5,11 +5,19 @@ import pytest
 import torch
 from scipy import ndimage
 
-from fm2s.calibrate import NoiseEstimate, calibrated_config, choose, estimate_noise
+from fm2s.calibrate import (
+    FOR_SCORE,
+    NoiseEstimate,
+    NoiseMeasurement,
+    calibrated_config,
+    choose,
+    estimate_noise,
+)
 from fm2s.model import decision
 from fm2s.noise import add_noise
 from fm2s.normalize import fit_normalization
 from fm2s.recipes import CalibratedNoise, make_config
+from fm2s.selection import ScoreNoise
 
 
 def _scene(rng: np.random.Generator, size: int = 256) -> np.ndarray:
@@ -282,3 +290,66 @@ def test_a_nearly_noise_free_image_gains_from_the_detail_kept(monkeypatch):
         scores[kept] = psnr(fm2s.apply(model, noisy, dtype="float32"), truth, span)
     assert scores[True] > scores[False] + 0.5, scores
     assert scores[True] > psnr(noisy, truth, span) + 1, scores
+
+
+def _spots(rng: np.random.Generator, size: int = 256, count: int = 60) -> np.ndarray:
+    """Sparse blobs (s.d. 1.5 pixels) on a black background, peak 0.9."""
+    image = np.zeros((size, size))
+    ys, xs = rng.integers(0, size, (2, count))
+    image[ys, xs] = rng.uniform(0.3, 1.0, count)
+    image = ndimage.gaussian_filter(image, 1.5)
+    return 0.9 * image / image.max()
+
+
+def _modelled_over_true(estimate: NoiseEstimate, clean: np.ndarray, photons: float) -> float:
+    """The model's mean variance over the clean image's pixels, over the true one (the
+    noise's own per-pixel variance: correlated estimates are converted as the score does)."""
+    noise = ScoreNoise.of(estimate)
+    modelled = np.maximum(noise.gain * clean + noise.offset, 0)
+    return float(np.mean(modelled) / np.mean(clean / photons))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_sparse_image_with_white_noise_is_not_called_correlated(seed):
+    # most bins of the local mean are black background, without residuals at either lag:
+    # they say nothing of the correlation (a ratio of 0 / x once called this correlated)
+    rng = np.random.default_rng(seed)
+    clean = _spots(rng, 192, 30)
+    noisy = rng.poisson(clean * 15) / 15
+    assert not estimate_noise(noisy).correlated
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_score_measurement_reads_white_noise_under_fine_texture(seed):
+    # fine texture at low noise: the Laplacian takes the texture for noise, and for
+    # correlated noise; the diagonal residual leaves most of it out
+    rng = np.random.default_rng(seed)
+    texture = ndimage.gaussian_filter(rng.standard_normal((192, 192)), 2.0)
+    clean = 0.05 + 0.8 * (texture - texture.min()) / np.ptp(texture)
+    noisy = rng.poisson(clean * 4000) / 4000
+    rules, scored = estimate_noise(noisy), estimate_noise(noisy, FOR_SCORE)
+    assert not scored.correlated
+    assert _modelled_over_true(scored, clean, 4000) == pytest.approx(1.0, abs=0.15)
+    assert rules.correlated or _modelled_over_true(rules, clean, 4000) > 2
+
+
+def test_the_score_measurement_sees_the_noise_of_sparse_spots():
+    # the signal (and the photon noise) of sparse spots lies above the 98th percentile
+    # that the rules' bins stop at; the score's measurement adds bins up to the 99.9th.
+    # Over ten images (the fit is at the mercy of where the spots fall): the median
+    rules, scored = [], []
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        clean = _spots(rng)
+        noisy = rng.poisson(clean * 5) / 5
+        rules.append(_modelled_over_true(estimate_noise(noisy), clean, 5))
+        scored.append(_modelled_over_true(estimate_noise(noisy, FOR_SCORE), clean, 5))
+    assert 0.5 < np.median(scored) < 2, scored
+    assert np.median(rules) < 0.3, rules
+
+
+def test_a_measurement_is_validated():
+    with pytest.raises(ValueError, match="residual"):
+        NoiseMeasurement("wavelet")
+    with pytest.raises(ValueError, match="tail_bins"):
+        NoiseMeasurement(tail_bins=-1)

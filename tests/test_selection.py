@@ -6,11 +6,12 @@ import torch
 from scipy import ndimage
 
 import fm2s
-from fm2s.calibrate import NoiseEstimate, estimate_noise
+from fm2s.calibrate import FOR_RULES, FOR_SCORE, NoiseEstimate, estimate_noise
 from fm2s.network import FM2SNet
 from fm2s.recipes import as_preset, config_for, make_config
 from fm2s.sample import synthetic_image
 from fm2s.selection import (
+    ScoreNoise,
     SelectionConfig,
     _blur_unit,
     candidates,
@@ -28,14 +29,16 @@ def _blurred_noise(width: float, seed: int, shape=(256, 256)) -> np.ndarray:
     return _blur_unit(np.random.default_rng(seed).standard_normal(shape), width)
 
 
+@pytest.mark.parametrize("measurement", [FOR_RULES, FOR_SCORE], ids=["laplacian", "diagonal"])
 @pytest.mark.parametrize("width", [0.0, 0.8, 1.2])
-def test_correlation_width_and_variance_are_recovered_from_the_measurement(width):
+def test_correlation_width_and_variance_are_recovered_from_the_measurement(width, measurement):
     """Gaussian-blurred white noise of known width and variance over a flat image: the
-    measured lag ratio gives the width back, and the corrected variance the true one."""
+    measured lag ratio gives the width back, and the corrected variance the true one,
+    with either residual."""
     sd = 0.05
     image = 0.3 + sd * _blurred_noise(width, seed=3)
     assert abs(image.std() / sd - 1) < 0.05  # _blur_unit keeps the variance
-    estimate = estimate_noise(image)
+    estimate = estimate_noise(image, measurement)
     got, scale = correlation_width(estimate)
     if width == 0.0:
         assert not estimate.correlated and got == 0.0 and scale == 1.0
@@ -146,6 +149,9 @@ def test_selection_is_reproducible_and_follows_the_seed():
     b = select(normalized, config, estimate, train)
     assert [c.score for c in a.candidates] == [c.score for c in b.candidates]
     assert a.chosen == b.chosen
+    # the score draws the noise of the score's own measurement, and says so
+    assert a.noise == ScoreNoise.of(estimate_noise(normalized, FOR_SCORE))
+    assert "drawn as white noise of variance" in a.describe()
 
 
 def test_a_named_preset_and_auto_train_without_comparison():
