@@ -3,7 +3,7 @@
 - ``reference/cli.md``: the command-line reference, walked from the typer app itself
   (``fm2s.cli.app``); tests/test_docs.py compares it with ``fm2s-tile --help``.
 - ``benchmark-results.md`` (and its plots): ``benchmarks/RESULTS.md`` as it is.
-- ``changelog.md``: ``CHANGELOG.md`` as it is.
+- ``changelog.md``: ``CHANGELOG.md`` as it is (its links to ``docs/`` made the site's).
 """
 
 from __future__ import annotations
@@ -81,5 +81,10 @@ def on_files(files, config):
 
     files.append(File.generated(config, "reference/cli.md", content=cli_reference()))
     for source, page in COPIED.items():
-        files.append(File.generated(config, page, abs_src_path=str(ROOT / source)))
+        if source.endswith(".md"):
+            # links written for the repository (docs/x.md) point at the site's pages (x.md)
+            text = (ROOT / source).read_text(encoding="utf-8").replace("](docs/", "](")
+            files.append(File.generated(config, page, content=text))
+        else:
+            files.append(File.generated(config, page, abs_src_path=str(ROOT / source)))
     return files

@@ -178,7 +178,7 @@ class NoiseMeasurement:
     residual
         The high-pass residual the variance is read from: ``laplacian`` (the one the
         rules of :func:`choose` were fitted with) or ``diagonal`` (:func:`_diagonal`: sees
-        less of the image's structure; what ``auto``'s score draws its noise from).
+        less of the image's structure, assumes more of the noise's spectrum).
     tail_bins
         Bins of equal width in intensity added from the 98th to the 99.9th percentile of
         the local mean when that range is wider than the one below it: a sparse image
@@ -196,13 +196,16 @@ class NoiseMeasurement:
             raise ValueError("tail_bins must be >= 0")
 
 
-#: the measurement the rules of :func:`choose` read (their constants were fitted on it)
-FOR_RULES = NoiseMeasurement()
-#: the measurement ``auto``'s comparison draws its score's noise from (fm2s.selection)
-FOR_SCORE = NoiseMeasurement("diagonal", 4)
+#: the measurement the rules of :func:`choose` read (their constants were fitted on it),
+#: and by default the comparison's score (:class:`fm2s.selection.SelectionConfig`)
+LAPLACIAN = NoiseMeasurement()
+#: second differences with bins up to the 99.9th percentile: nearer the true variance on
+#: structured synthetic images, 0.63-0.79 of it on the FMD wide-field captures (where the
+#: Laplacian gives 0.89-1.35); opt-in (docs/calibration-log.md, 2026-12-05)
+DIAGONAL = NoiseMeasurement("diagonal", 4)
 
 
-def estimate_noise(planes: np.ndarray, measurement: NoiseMeasurement = FOR_RULES
+def estimate_noise(planes: np.ndarray, measurement: NoiseMeasurement = LAPLACIAN
                    ) -> NoiseEstimate:
     """Measure the noise of a 2D image or a (K, H, W) stack of planes of one channel.
 

@@ -29,7 +29,7 @@ import torch
 from scipy import ndimage
 
 from .calibrate import (
-    FOR_SCORE,
+    LAPLACIAN,
     MIN_VARIANCE,
     RESIDUALS,
     NoiseEstimate,
@@ -72,10 +72,10 @@ class SelectionConfig:
         same noise variances as recorruption and is exact for Poisson noise at any count;
         the read noise is recorrupted).
     noise
-        How the noise the score draws is measured (:class:`fm2s.calibrate.NoiseMeasurement`;
-        the score needs the noise's variance to within a factor of about 1.5: an
-        overestimate favours candidates that smooth, an underestimate ones that keep
-        noise).
+        How the noise the score draws is measured (:class:`fm2s.calibrate.NoiseMeasurement`:
+        the rules' Laplacian, or :data:`fm2s.calibrate.DIAGONAL`). The score needs the
+        noise's variance to within a factor of about 1.5-2: an overestimate favours
+        candidates that smooth, an underestimate ones that let noise through.
     """
 
     presets: tuple[str, ...] = ("confocal", "twophoton", "widefield", "generic")
@@ -85,7 +85,7 @@ class SelectionConfig:
     draws: int = 3
     max_planes: int = 4
     split: str = "gaussian"
-    noise: NoiseMeasurement = FOR_SCORE
+    noise: NoiseMeasurement = LAPLACIAN
 
     def __post_init__(self) -> None:
         if self.split not in ("gaussian", "thinning"):
@@ -133,8 +133,9 @@ class Selection:
         if self.noise is None:
             return ""
         kind = f"correlated (width {self.noise.width:.2f})" if self.noise.width else "white"
+        sign = "+" if self.noise.offset >= 0 else "-"
         return (f", drawn as {kind} noise of variance {self.noise.gain:.3g} * I "
-                f"+ {self.noise.offset:.3g}")
+                f"{sign} {abs(self.noise.offset):.3g}")
 
     def describe(self) -> str:
         """One line: the scores and why the winner won."""
@@ -296,9 +297,9 @@ def select(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
     config
         The ``auto`` config (recipe, schedule, seed).
     estimate
-        The noise measured on ``planes`` for the rules (:data:`fm2s.calibrate.FOR_RULES`:
-        the ``measured`` candidate); the score's noise is measured again with
-        ``selection.noise``.
+        The noise measured on ``planes`` for the rules (the ``measured`` candidate); the
+        score draws the noise measured with ``selection.noise`` (the same measurement by
+        default).
     train
         ``train(planes, config) -> FM2SNet`` (:func:`fm2s.training.train_network` with
         the run's device bound).

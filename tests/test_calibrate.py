@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 from fm2s.calibrate import (
-    FOR_SCORE,
+    DIAGONAL,
     NoiseEstimate,
     NoiseMeasurement,
     calibrated_config,
@@ -320,22 +320,22 @@ def test_a_sparse_image_with_white_noise_is_not_called_correlated(seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_the_score_measurement_reads_white_noise_under_fine_texture(seed):
+def test_the_diagonal_measurement_reads_white_noise_under_fine_texture(seed):
     # fine texture at low noise: the Laplacian takes the texture for noise, and for
     # correlated noise; the diagonal residual leaves most of it out
     rng = np.random.default_rng(seed)
     texture = ndimage.gaussian_filter(rng.standard_normal((192, 192)), 2.0)
     clean = 0.05 + 0.8 * (texture - texture.min()) / np.ptp(texture)
     noisy = rng.poisson(clean * 4000) / 4000
-    rules, scored = estimate_noise(noisy), estimate_noise(noisy, FOR_SCORE)
+    rules, scored = estimate_noise(noisy), estimate_noise(noisy, DIAGONAL)
     assert not scored.correlated
     assert _modelled_over_true(scored, clean, 4000) == pytest.approx(1.0, abs=0.15)
     assert rules.correlated or _modelled_over_true(rules, clean, 4000) > 2
 
 
-def test_the_score_measurement_sees_the_noise_of_sparse_spots():
+def test_the_diagonal_measurement_sees_the_noise_of_sparse_spots():
     # the signal (and the photon noise) of sparse spots lies above the 98th percentile
-    # that the rules' bins stop at; the score's measurement adds bins up to the 99.9th.
+    # that the Laplacian's bins stop at; the diagonal measurement adds bins up to the 99.9th.
     # Over ten images (the fit is at the mercy of where the spots fall): the median
     rules, scored = [], []
     for seed in range(10):
@@ -343,7 +343,7 @@ def test_the_score_measurement_sees_the_noise_of_sparse_spots():
         clean = _spots(rng)
         noisy = rng.poisson(clean * 5) / 5
         rules.append(_modelled_over_true(estimate_noise(noisy), clean, 5))
-        scored.append(_modelled_over_true(estimate_noise(noisy, FOR_SCORE), clean, 5))
+        scored.append(_modelled_over_true(estimate_noise(noisy, DIAGONAL), clean, 5))
     assert 0.5 < np.median(scored) < 2, scored
     assert np.median(rules) < 0.3, rules
 

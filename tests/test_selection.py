@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 
 import fm2s
-from fm2s.calibrate import FOR_RULES, FOR_SCORE, NoiseEstimate, estimate_noise
+from fm2s.calibrate import DIAGONAL, LAPLACIAN, NoiseEstimate, estimate_noise
 from fm2s.network import FM2SNet
 from fm2s.recipes import as_preset, config_for, make_config
 from fm2s.sample import synthetic_image
@@ -29,7 +29,7 @@ def _blurred_noise(width: float, seed: int, shape=(256, 256)) -> np.ndarray:
     return _blur_unit(np.random.default_rng(seed).standard_normal(shape), width)
 
 
-@pytest.mark.parametrize("measurement", [FOR_RULES, FOR_SCORE], ids=["laplacian", "diagonal"])
+@pytest.mark.parametrize("measurement", [LAPLACIAN, DIAGONAL], ids=["laplacian", "diagonal"])
 @pytest.mark.parametrize("width", [0.0, 0.8, 1.2])
 def test_correlation_width_and_variance_are_recovered_from_the_measurement(width, measurement):
     """Gaussian-blurred white noise of known width and variance over a flat image: the
@@ -149,9 +149,12 @@ def test_selection_is_reproducible_and_follows_the_seed():
     b = select(normalized, config, estimate, train)
     assert [c.score for c in a.candidates] == [c.score for c in b.candidates]
     assert a.chosen == b.chosen
-    # the score draws the noise of the score's own measurement, and says so
-    assert a.noise == ScoreNoise.of(estimate_noise(normalized, FOR_SCORE))
+    # the score draws the noise of its measurement (the rules' by default), and says so
+    assert a.noise == ScoreNoise.of(estimate)
     assert "drawn as white noise of variance" in a.describe()
+    diagonal = SelectionConfig(noise=DIAGONAL)
+    c = select(normalized, config, estimate, train, diagonal)
+    assert c.noise == ScoreNoise.of(estimate_noise(normalized, DIAGONAL)) != a.noise
 
 
 def test_a_named_preset_and_auto_train_without_comparison():
