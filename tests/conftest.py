@@ -106,7 +106,10 @@ def two_channel_volume(path: Path) -> Path:
 
 def write_ngff(path: Path, data: np.ndarray, axes: str, version: str, levels: int = 2,
                **metadata) -> Path:
-    """An OME-Zarr written by ome-zarr-py, an independent writer (NGFF 0.4 or 0.5)."""
+    """An OME-Zarr written by ome-zarr-py, an independent writer (NGFF 0.4 or 0.5), with
+    dask's local threads (ome-zarr-py computes with dask's default scheduler, which a
+    distributed client still closing after a cluster test would otherwise take)."""
+    import dask
     import zarr
     from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.writer import write_image
@@ -114,8 +117,9 @@ def write_ngff(path: Path, data: np.ndarray, axes: str, version: str, levels: in
     fmt = FormatV04() if version == "0.4" else FormatV05()
     root = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
     chunks = tuple(1 for _ in axes[:-2]) + data.shape[-2:]
-    write_image(data, root, axes=axes, fmt=fmt, scale_factors=[2] * (levels - 1),
-                storage_options={"chunks": chunks}, **metadata)
+    with dask.config.set(scheduler="threads"):
+        write_image(data, root, axes=axes, fmt=fmt, scale_factors=[2] * (levels - 1),
+                    storage_options={"chunks": chunks}, **metadata)
     return path
 
 
