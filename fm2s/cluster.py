@@ -238,6 +238,25 @@ def jobqueue_cluster(cluster: str, jobs: int):
 @contextmanager
 def runner(scheduler: str | None = None, workers: int | None = None,
            cluster: str | None = None) -> Iterator[Runner]:
+    """:func:`_runner`, and dask's default scheduler as it was before, afterwards: a
+    distributed client makes itself dask's default scheduler, and one closing after its
+    cluster can leave that setting behind, sending the caller's next ``compute`` to a
+    client that is gone."""
+    saved = dask.config.get("scheduler", None)
+    try:
+        with _runner(scheduler, workers, cluster) as run:
+            yield run
+    finally:
+        if dask.config.get("scheduler", None) != saved:
+            if saved is None:
+                dask.config.config.pop("scheduler", None)
+            else:
+                dask.config.set(scheduler=saved)
+
+
+@contextmanager
+def _runner(scheduler: str | None = None, workers: int | None = None,
+            cluster: str | None = None) -> Iterator[Runner]:
     """A :class:`Runner` for ``--scheduler ADDRESS``, ``--workers N``, ``--cluster KIND``
     or none of them.
 

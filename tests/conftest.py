@@ -97,6 +97,22 @@ fm2s.tiling._write_block = _write_block
 """
 
 
+@pytest.fixture(autouse=True)
+def _dask_scheduler_kept():
+    """Each test starts with dask's default scheduler as the session had it: a
+    distributed client that a cluster test closes can leave itself set as the default
+    (a CI run hung on it, then failed 25 later tests with "no Client active")."""
+    import dask
+
+    saved = dask.config.get("scheduler", None)
+    yield
+    if dask.config.get("scheduler", None) != saved:
+        if saved is None:
+            dask.config.config.pop("scheduler", None)
+        else:
+            dask.config.set(scheduler=saved)
+
+
 def two_channel_volume(path: Path) -> Path:
     """A two-channel OME-Zarr 0.5 of 2 x 6 planes of 72 x 88 (one chunk each), two levels,
     written by ome-zarr-py."""

@@ -98,8 +98,11 @@ def test_threaded_runner_reports_every_task():
 
 def test_local_worker_processes_give_the_same_bytes(tmp_path, volume, quick_model):
     _apply(quick_model, volume, tmp_path / "threads.ome.zarr")
+    before = dask.config.get("scheduler", None)
     summary = _apply(quick_model, volume, tmp_path / "procs.ome.zarr", "--workers", "2")
     assert "2 workers" in summary
+    # the run's client does not stay dask's default scheduler for the caller
+    assert dask.config.get("scheduler", None) == before
     threads = tree_bytes(tmp_path / "threads.ome.zarr")
     assert len(_chunk_files(threads)) == 2 * 12  # 2 levels of 12 planes
     assert tree_bytes(tmp_path / "procs.ome.zarr") == threads
