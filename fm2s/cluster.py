@@ -236,22 +236,27 @@ def jobqueue_cluster(cluster: str, jobs: int):
 
 
 @contextmanager
-def runner(scheduler: str | None = None, workers: int | None = None,
-           cluster: str | None = None) -> Iterator[Runner]:
-    """:func:`_runner`, and dask's default scheduler as it was before, afterwards: a
-    distributed client makes itself dask's default scheduler, and one closing after its
-    cluster can leave that setting behind, sending the caller's next ``compute`` to a
-    client that is gone."""
+def default_scheduler_kept() -> Iterator[None]:
+    """Dask's default scheduler as it was before, afterwards: a distributed client makes
+    itself dask's default scheduler, and one closing after its cluster can leave that
+    setting behind, sending the next ``compute`` to a client that is gone."""
     saved = dask.config.get("scheduler", None)
     try:
-        with _runner(scheduler, workers, cluster) as run:
-            yield run
+        yield
     finally:
         if dask.config.get("scheduler", None) != saved:
             if saved is None:
                 dask.config.config.pop("scheduler", None)
             else:
                 dask.config.set(scheduler=saved)
+
+
+@contextmanager
+def runner(scheduler: str | None = None, workers: int | None = None,
+           cluster: str | None = None) -> Iterator[Runner]:
+    """:func:`_runner` within :func:`default_scheduler_kept`."""
+    with default_scheduler_kept(), _runner(scheduler, workers, cluster) as run:
+        yield run
 
 
 @contextmanager

@@ -102,15 +102,10 @@ def _dask_scheduler_kept():
     """Each test starts with dask's default scheduler as the session had it: a
     distributed client that a cluster test closes can leave itself set as the default
     (a CI run hung on it, then failed 25 later tests with "no Client active")."""
-    import dask
+    from fm2s.cluster import default_scheduler_kept
 
-    saved = dask.config.get("scheduler", None)
-    yield
-    if dask.config.get("scheduler", None) != saved:
-        if saved is None:
-            dask.config.config.pop("scheduler", None)
-        else:
-            dask.config.set(scheduler=saved)
+    with default_scheduler_kept():
+        yield
 
 
 def two_channel_volume(path: Path) -> Path:
