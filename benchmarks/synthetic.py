@@ -46,7 +46,7 @@ from PIL import Image
 from scipy import ndimage
 
 from fm2s.api import apply
-from fm2s.calibrate import DIAGONAL, estimate_noise
+from fm2s.calibrate import LAPLACIAN, estimate_noise
 from fm2s.model import TrainedModel
 from fm2s.normalize import fit_normalization, stack_stats
 from fm2s.recipes import config_for
@@ -131,10 +131,11 @@ def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int,
     comparison run, scored by :func:`fm2s.selection.score`), then every candidate's full
     run (compare's is its winner's). Each comparison run and full run is also scored with
     the case's true noise model (``truth``: photons, read noise, correlated) and with the
-    diagonal measurement (:data:`fm2s.calibrate.DIAGONAL`), to tell the score's errors
-    from the noise measurement's: ``chosen_true`` is what the selection would choose with
-    a perfect measurement, ``variance_ratio`` the measured model's mean variance over the
-    true one (over the clean image's pixels).
+    per-pixel Laplacian measurement of the rules (:data:`fm2s.calibrate.LAPLACIAN`, the
+    score's until 2026-12-05), to tell the score's errors from the noise measurement's:
+    ``chosen_true`` is what the selection would choose with a perfect measurement,
+    ``variance_ratio`` the measured model's mean variance over the true one (over the
+    clean image's pixels).
     """
     config = config_for("fast", "compare", seed, 1)
     normalization = fit_normalization(noisy, config.normalization)
@@ -145,20 +146,20 @@ def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int,
     planes = scored_planes(normalized[None], SELECTION.max_planes)
     exact = true_noise(normalization, *truth, depth)
     measured = ScoreNoise.of(estimate_noise(normalized, SELECTION.noise))
-    diagonal = ScoreNoise.of(estimate_noise(normalized, DIAGONAL))  # the opt-in measurement
+    laplacian = ScoreNoise.of(estimate_noise(normalized, LAPLACIAN))  # the rules' measurement
     level = normalization.forward(clean if depth == 8 else clean * GAIN16 + OFFSET16)
     compared = candidates(config, estimate, normalized.shape)
-    scores, true_scores, diagonal_scores = {}, {}, {}
+    scores, true_scores, laplacian_scores = {}, {}, {}
     for name, full in compared:
         net = train_network(normalized, SELECTION.screening(full), "cpu")
         scores[name] = score(net, planes, measured, full)
         true_scores[name] = score(net, planes, exact, full)
-        diagonal_scores[name] = score(net, planes, diagonal, full)
+        laplacian_scores[name] = score(net, planes, laplacian, full)
     chosen = min(scores, key=scores.get)
     row = {"noisy": psnr(grey(noisy, depth), clean), "chosen": chosen, "scores": scores,
            "true_scores": true_scores, "chosen_true": min(true_scores, key=true_scores.get),
-           "diagonal_scores": diagonal_scores,
-           "chosen_diagonal": min(diagonal_scores, key=diagonal_scores.get),
+           "laplacian_scores": laplacian_scores,
+           "chosen_laplacian": min(laplacian_scores, key=laplacian_scores.get),
            "screen_s": time.perf_counter() - start,
            "variance_ratio": float(np.mean(np.maximum(measured.gain * level + measured.offset, 0))
                                    / np.mean(exact.gain * level + exact.offset)),
@@ -180,7 +181,7 @@ def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int,
         row["full_true_scores"][name] = score(net, planes, exact, full)
     row["auto"] = row[chosen]
     row["auto_true"] = row[row["chosen_true"]]
-    row["auto_diagonal"] = row[row["chosen_diagonal"]]
+    row["auto_laplacian"] = row[row["chosen_laplacian"]]
     return row
 
 
@@ -232,9 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     worst = min(rows, key=lambda r: r["auto"] - r["oracle"])
     print(f"cases with auto > 0.3 dB below the best preset: {len(short)} of {len(rows)}; worst "
           f"{worst['case']} {worst['auto'] - worst['oracle']:+.2f} dB")
-    print(f"scored with the diagonal noise measurement: mean "
-          f"{statistics.mean(r['auto_diagonal'] for r in rows):.2f} dB, "
-          f"{sum(r['auto_diagonal'] < r['oracle'] - 0.3 for r in rows)} cases > 0.3 dB below")
+    print(f"scored with the rules' per-pixel Laplacian noise: mean "
+          f"{statistics.mean(r['auto_laplacian'] for r in rows):.2f} dB, "
+          f"{sum(r['auto_laplacian'] < r['oracle'] - 0.3 for r in rows)} cases > 0.3 dB below")
     print(f"with the true noise model: mean {statistics.mean(r['auto_true'] for r in rows):.2f}"
           f" dB, {sum(r['auto_true'] < r['oracle'] - 0.3 for r in rows)} cases > 0.3 dB below"
           " the best preset")

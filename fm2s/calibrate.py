@@ -12,6 +12,11 @@ One channel's noise is measured on the (normalized) planes its model trains on:
   at lag 1 when neighbouring pixels share their noise (the FMD wide-field captures: 0.2,
   against 0.5-0.96 for the confocal and two-photon ones at every noise level).
 
+The comparison's score (:mod:`fm2s.selection`) reads the same model on the quietest
+squares of each brightness bin instead (:data:`QUIET_BLOCKS`), which leaves out more of
+the image's structure; correlated noise is modelled as white noise blurred by a Gaussian
+whose width reproduces the lag ratio (:func:`correlation_width`).
+
 :func:`choose` turns the measurement into the noise synthesis of the run (a
 :class:`fm2s.recipes.CalibratedNoise`): the synthetic noise follows the measured model,
 its variance 2-4 times the measured one (more for noisier data,
@@ -27,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage, special
@@ -183,17 +189,32 @@ class NoiseMeasurement:
         Bins of equal width in intensity added from the 98th to the 99.9th percentile of
         the local mean when that range is wider than the one below it: a sparse image
         (spots on a dark background) holds its signal, and most of its photon noise, in
-        its brightest few per cent.
+        its brightest few per cent (per-pixel bins only).
+    block
+        0: pixels are binned by their local mean and each bin's quieter 90 % read (the
+        rules' measurement). Otherwise the planes are cut into ``block`` x ``block``
+        squares, binned by their mean, and each bin's noise read from its ``quiet``
+        share of squares with the least residual energy (weakly textured patches: Liu,
+        Tanaka and Okutomi, IEEE TIP 2013), the selection's bias on pure noise divided
+        out (:func:`quiet_share`).
+    quiet
+        Share of each bin's squares read (``block`` > 0).
     """
 
     residual: str = "laplacian"
     tail_bins: int = 0
+    block: int = 0
+    quiet: float = 0.15
 
     def __post_init__(self) -> None:
         if self.residual not in RESIDUALS:
             raise ValueError(f"residual must be one of {sorted(RESIDUALS)}")
         if self.tail_bins < 0:
             raise ValueError("tail_bins must be >= 0")
+        if self.block != 0 and not 4 <= self.block <= 64:
+            raise ValueError("block must be 0 (per-pixel bins) or 4-64 pixels")
+        if not 0 < self.quiet <= 1:
+            raise ValueError("quiet must be in (0, 1]")
 
 
 #: the measurement the rules of :func:`choose` read (their constants were fitted on it),
@@ -203,6 +224,13 @@ LAPLACIAN = NoiseMeasurement()
 #: structured synthetic images, 0.63-0.79 of it on the FMD wide-field captures (where the
 #: Laplacian gives 0.89-1.35); opt-in (docs/calibration-log.md, 2026-12-05)
 DIAGONAL = NoiseMeasurement("diagonal", 4)
+#: the Laplacian read on the quietest 15 % of 8 x 8 squares of each brightness bin: the
+#: comparison's score draws this noise (on the 18 FMD captures 0.76-1.10 of the true
+#: variance, blur width 0.67-0.70 where raw - gt says 0.68-0.72; docs/calibration-log.md,
+#: 2026-12-05 (2))
+QUIET_BLOCKS = NoiseMeasurement(block=8, quiet=0.15)
+#: fewest squares per brightness bin (``block`` measurements)
+BLOCKS_PER_BIN = 24
 
 
 def estimate_noise(planes: np.ndarray, measurement: NoiseMeasurement = LAPLACIAN
@@ -220,9 +248,11 @@ def estimate_noise(planes: np.ndarray, measurement: NoiseMeasurement = LAPLACIAN
     -------
     NoiseEstimate
     """
-    residual = RESIDUALS[measurement.residual]
     stack = np.asarray(planes, dtype=np.float64)
     stack = stack[None] if stack.ndim == 2 else stack
+    if measurement.block:
+        return _estimate_in_blocks(stack, measurement)
+    residual = RESIDUALS[measurement.residual]
     means, fine, coarse = [], [], []
     for plane in stack:
         local = ndimage.uniform_filter(plane, 7, mode="reflect")
@@ -253,19 +283,132 @@ def estimate_noise(planes: np.ndarray, measurement: NoiseMeasurement = LAPLACIAN
     if not centres:  # a constant image: no noise to measure
         return NoiseEstimate(0.0, 0.0, 1.0, mean, measurement.residual)
     v1a, v2a, r1a, r2a = (np.array(a) for a in (v1, v2, r1, r2))
-    # bins without residuals at either lag (a flat, noiseless background: sparse images)
-    # say nothing of the noise's correlation
-    ok = (r1a > 0) & (r2a > 0)
-    ratio = float(np.median(r1a[ok] / r2a[ok])) if ok.any() else 1.0
+    ratio = _lag_ratio(r1a, r2a)
     # correlated noise: lag-1 residuals miss most of it, the lag-2 ones see it
     variances = v2a if ratio < CORRELATED_BELOW else v1a
+    gain, offset = _line(np.array(centres), variances)
+    return NoiseEstimate(gain, offset, ratio, mean, measurement.residual)
+
+
+def _lag_ratio(lag1: np.ndarray, lag2: np.ndarray) -> float:
+    """Median over the bins of the lag-1 / lag-2 residual variance. Bins without
+    residuals at either lag (a flat, noiseless background: sparse images) say nothing of
+    the noise's correlation."""
+    ok = (lag1 > 0) & (lag2 > 0)
+    return float(np.median(lag1[ok] / lag2[ok])) if ok.any() else 1.0
+
+
+def _line(centres: np.ndarray, variances: np.ndarray) -> tuple[float, float]:
+    """gain, offset of the variance law fitted to the bins."""
     if len(centres) >= 2 and np.ptp(centres) > 0:
-        gain, offset = np.polyfit(np.array(centres), variances, 1)
+        gain, offset = np.polyfit(centres, variances, 1)
     else:
         gain, offset = 0.0, float(variances.mean())
     if gain < 0:  # noise that falls with intensity: model it as signal-independent
         gain, offset = 0.0, float(variances.mean())
-    return NoiseEstimate(float(gain), float(offset), ratio, mean, measurement.residual)
+    return float(gain), float(offset)
+
+
+def _estimate_in_blocks(stack: np.ndarray, measurement: NoiseMeasurement) -> NoiseEstimate:
+    """:func:`estimate_noise` on the quietest squares of each brightness bin."""
+    residual, b = RESIDUALS[measurement.residual], measurement.block
+    means, fine, coarse = [], [], []
+    for plane in stack:
+        h, w = (plane.shape[0] // b) * b, (plane.shape[1] // b) * b
+        if not (h and w):
+            continue
+
+        def per_block(a: np.ndarray, h: int = h, w: int = w) -> np.ndarray:
+            return a[:h, :w].reshape(h // b, b, w // b, b).mean(axis=(1, 3)).ravel()
+
+        means.append(per_block(plane))
+        fine.append(per_block(residual(plane, 1) ** 2))
+        coarse.append(per_block(residual(plane, 2) ** 2))
+    mean = float(stack.mean())
+    if not means:  # planes smaller than a square
+        return estimate_noise(stack, replace(measurement, block=0))
+    m, e1, e2 = (np.concatenate(a) for a in (means, fine, coarse))
+    bins = int(np.clip(m.size // BLOCKS_PER_BIN, 1, BINS))
+    centres, q1, q2 = [], [], []
+    # bins of equal counts (ties, such as a black background, split evenly)
+    for inside in np.array_split(np.argsort(m, kind="stable"), bins):
+        energy = e1[inside] + e2[inside]
+        n = max(1, round(measurement.quiet * inside.size))
+        quiet = inside[np.argpartition(energy, n - 1)[:n]]
+        centres.append(float(m[inside].mean()))
+        q1.append(float(e1[quiet].mean()))
+        q2.append(float(e2[quiet].mean()))
+    q1a, q2a = np.array(q1), np.array(q2)
+    ratio = _lag_ratio(q1a, q2a)
+    probe = NoiseEstimate(0.0, 0.0, ratio, mean, measurement.residual)
+    lag = 2 if probe.correlated else 1
+    share = quiet_share(measurement.residual, correlation_width(probe)[0], lag, b,
+                        measurement.quiet)
+    gain, offset = _line(np.array(centres), (q2a if lag == 2 else q1a) / share)
+    return NoiseEstimate(gain, offset, ratio, mean, measurement.residual)
+
+
+def quiet_share(residual: str, width: float, lag: int, block: int, quiet: float) -> float:
+    """Mean energy of the quietest ``quiet`` share of ``block`` x ``block`` squares over
+    the mean energy, on pure noise (white, or blurred by ``width``): the block mean of a
+    squared Gaussian residual as a gamma variable of its effective degrees of freedom
+    (from the residual's autocorrelation, exact from the impulse response)."""
+    return _quiet_share(residual, round(width, 2), lag, block, quiet)
+
+
+@lru_cache(maxsize=64)
+def _quiet_share(residual: str, width: float, lag: int, block: int, quiet: float) -> float:
+    delta = np.zeros((41, 41))
+    delta[20, 20] = 1.0
+    response = RESIDUALS[residual](_blur_unit(delta, width), lag)
+    auto = ndimage.correlate(response, response, mode="constant")
+    c = auto.shape[0] // 2
+    rho = auto / auto[c, c]
+    d = np.arange(-min(block - 1, c), min(block - 1, c) + 1)
+    weight = np.outer(block - np.abs(d), block - np.abs(d))
+    dof = block ** 4 / float(np.sum(weight * rho[c + d][:, c + d] ** 2))
+    shape = dof / 2
+    cut = special.gammaincinv(shape, quiet)
+    return float(special.gammainc(shape + 1, cut) / quiet)
+
+
+@lru_cache(maxsize=len(RESIDUALS))
+def _ratio_table(residual: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lag-1 / lag-2 ``residual`` variance ratio, and the lag-2 residual's gain, of white
+    noise blurred by Gaussians of each width (exact, from the impulse response)."""
+    filtered = RESIDUALS[residual]
+    widths = np.linspace(0.0, 2.5, 51)
+    ratios, gains = [], []
+    for w in widths:
+        delta = np.zeros((41, 41))
+        delta[20, 20] = 1.0
+        k = _blur_unit(delta, float(w))
+        ratios.append(np.sum(filtered(k, 1) ** 2) / np.sum(filtered(k, 2) ** 2))
+        gains.append(np.sum(filtered(k, 2) ** 2))
+    return widths, np.array(ratios), np.array(gains)
+
+
+def _blur_unit(noise: np.ndarray, width: float) -> np.ndarray:
+    """``noise`` blurred by a Gaussian of ``width`` and rescaled to keep white noise's
+    variance (the kernel's squared sum is 1)."""
+    if width < 0.05:
+        return noise
+    delta = np.zeros((int(8 * width) + 1,) * 2)
+    delta[delta.shape[0] // 2, delta.shape[1] // 2] = 1.0
+    norm = float(np.sqrt(np.sum(ndimage.gaussian_filter(delta, width) ** 2)))
+    return ndimage.gaussian_filter(noise, width, mode="reflect") / norm
+
+
+def correlation_width(estimate: NoiseEstimate) -> tuple[float, float]:
+    """Width of the Gaussian blur that makes white noise as correlated as the measured
+    noise (0 for white noise), and the factor from the measured variance to the noise's
+    own (correlated noise is measured at lag 2, which sees part of it)."""
+    if not estimate.correlated:
+        return 0.0, 1.0
+    widths, ratios, gains = _ratio_table(estimate.residual)
+    order = np.argsort(ratios)
+    width = float(np.interp(estimate.fine_ratio, ratios[order], widths[order]))
+    return width, float(1.0 / np.interp(width, widths, gains))
 
 
 def choose(estimate: NoiseEstimate, factor: tuple[float, float] | None = None

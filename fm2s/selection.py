@@ -22,19 +22,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 import numpy as np
 import torch
 from scipy import ndimage
 
 from .calibrate import (
-    LAPLACIAN,
     MIN_VARIANCE,
-    RESIDUALS,
+    QUIET_BLOCKS,
     NoiseEstimate,
     NoiseMeasurement,
+    _blur_unit,
     calibrated_config,
+    correlation_width,
     estimate_noise,
 )
 from .export import Denoiser
@@ -85,7 +85,7 @@ class SelectionConfig:
     draws: int = 3
     max_planes: int = 4
     split: str = "gaussian"
-    noise: NoiseMeasurement = LAPLACIAN
+    noise: NoiseMeasurement = QUIET_BLOCKS
 
     def __post_init__(self) -> None:
         if self.split not in ("gaussian", "thinning"):
@@ -157,45 +157,6 @@ def candidates(config: TrainConfig, estimate: NoiseEstimate,
     measured = calibrated_config(config, estimate, plane_shape)
     return [("measured", measured)] + [(name, as_preset(config, name))
                                        for name in selection.presets]
-
-
-@lru_cache(maxsize=len(RESIDUALS))
-def _ratio_table(residual: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lag-1 / lag-2 ``residual`` variance ratio, and the lag-2 residual's gain, of white
-    noise blurred by Gaussians of each width (exact, from the impulse response)."""
-    filtered = RESIDUALS[residual]
-    widths = np.linspace(0.0, 2.5, 51)
-    ratios, gains = [], []
-    for w in widths:
-        delta = np.zeros((41, 41))
-        delta[20, 20] = 1.0
-        k = _blur_unit(delta, float(w))
-        ratios.append(np.sum(filtered(k, 1) ** 2) / np.sum(filtered(k, 2) ** 2))
-        gains.append(np.sum(filtered(k, 2) ** 2))
-    return widths, np.array(ratios), np.array(gains)
-
-
-def _blur_unit(noise: np.ndarray, width: float) -> np.ndarray:
-    """``noise`` blurred by a Gaussian of ``width`` and rescaled to keep white noise's
-    variance (the kernel's squared sum is 1)."""
-    if width < 0.05:
-        return noise
-    delta = np.zeros((int(8 * width) + 1,) * 2)
-    delta[delta.shape[0] // 2, delta.shape[1] // 2] = 1.0
-    norm = float(np.sqrt(np.sum(ndimage.gaussian_filter(delta, width) ** 2)))
-    return ndimage.gaussian_filter(noise, width, mode="reflect") / norm
-
-
-def correlation_width(estimate: NoiseEstimate) -> tuple[float, float]:
-    """Width of the Gaussian blur that makes white noise as correlated as the measured
-    noise (0 for white noise), and the factor from the measured variance to the noise's
-    own (correlated noise is measured at lag 2, which sees part of it)."""
-    if not estimate.correlated:
-        return 0.0, 1.0
-    widths, ratios, gains = _ratio_table(estimate.residual)
-    order = np.argsort(ratios)
-    width = float(np.interp(estimate.fine_ratio, ratios[order], widths[order]))
-    return width, float(1.0 / np.interp(width, widths, gains))
 
 
 @dataclass(frozen=True)

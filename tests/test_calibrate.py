@@ -7,8 +7,10 @@ from scipy import ndimage
 
 from fm2s.calibrate import (
     DIAGONAL,
+    QUIET_BLOCKS,
     NoiseEstimate,
     NoiseMeasurement,
+    _blur_unit,
     calibrated_config,
     choose,
     estimate_noise,
@@ -348,8 +350,50 @@ def test_the_diagonal_measurement_sees_the_noise_of_sparse_spots():
     assert np.median(rules) < 0.3, rules
 
 
+@pytest.mark.parametrize("width", [0.0, 0.7])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_quiet_squares_read_white_and_correlated_noise_without_bias(width, seed):
+    # the quietest squares of pure noise hold less than its variance: the bias divided
+    # out (quiet_share) must give the variance back, and the blur width, for both kinds
+    rng = np.random.default_rng(seed)
+    clean = _scene(rng)
+    noisy = clean + np.sqrt(clean / 200) * _blur_unit(rng.standard_normal(clean.shape), width)
+    estimate = estimate_noise(noisy, QUIET_BLOCKS)
+    assert _modelled_over_true(estimate, clean, 200) == pytest.approx(1.0, abs=0.12)
+    assert ScoreNoise.of(estimate).width == pytest.approx(width, abs=0.1)
+
+
+def test_quiet_squares_see_past_texture_in_part_of_the_image():
+    # fine texture over half the image, stronger than the noise: the per-pixel bins read
+    # it as noise (3.5-4.3 times the variance); the quietest squares of each brightness
+    # bin mostly lie outside it (1.2-2.3 times: bins that the texture fills stay biased)
+    quiet, per_pixel = [], []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        texture = ndimage.gaussian_filter(rng.standard_normal((256, 256)), 1.0)
+        texture[:, :128] = 0
+        clean = np.clip(_scene(rng) + 0.2 * texture / texture.std(), 0.02, None)
+        noisy = rng.poisson(clean * 500) / 500
+        quiet.append(_modelled_over_true(estimate_noise(noisy, QUIET_BLOCKS), clean, 500))
+        per_pixel.append(_modelled_over_true(estimate_noise(noisy), clean, 500))
+    assert 0.8 < np.median(quiet) < 2.0, quiet
+    assert all(q < p / 1.5 for q, p in zip(quiet, per_pixel)), (quiet, per_pixel)
+
+
+def test_planes_smaller_than_a_square_are_measured_per_pixel():
+    rng = np.random.default_rng(0)
+    noisy = 0.3 + 0.05 * rng.standard_normal((20, 20))
+    assert estimate_noise(noisy, NoiseMeasurement(block=32)) == estimate_noise(noisy)
+    small = estimate_noise(noisy[:16, :16], QUIET_BLOCKS)  # two squares a side: one bin
+    assert 0.3 < np.sqrt(small.variance(0.3)) / 0.05 < 3
+
+
 def test_a_measurement_is_validated():
     with pytest.raises(ValueError, match="residual"):
         NoiseMeasurement("wavelet")
     with pytest.raises(ValueError, match="tail_bins"):
         NoiseMeasurement(tail_bins=-1)
+    with pytest.raises(ValueError, match="block"):
+        NoiseMeasurement(block=2)
+    with pytest.raises(ValueError, match="quiet"):
+        NoiseMeasurement(block=8, quiet=0)

@@ -6,7 +6,13 @@ import torch
 from scipy import ndimage
 
 import fm2s
-from fm2s.calibrate import DIAGONAL, LAPLACIAN, NoiseEstimate, estimate_noise
+from fm2s.calibrate import (
+    DIAGONAL,
+    LAPLACIAN,
+    QUIET_BLOCKS,
+    NoiseEstimate,
+    estimate_noise,
+)
 from fm2s.network import FM2SNet
 from fm2s.recipes import as_preset, config_for, make_config
 from fm2s.sample import synthetic_image
@@ -149,12 +155,13 @@ def test_selection_is_reproducible_and_follows_the_seed():
     b = select(normalized, config, estimate, train)
     assert [c.score for c in a.candidates] == [c.score for c in b.candidates]
     assert a.chosen == b.chosen
-    # the score draws the noise of its measurement (the rules' by default), and says so
-    assert a.noise == ScoreNoise.of(estimate)
+    # the score draws the noise of its own measurement (quiet squares by default), and
+    # says so; the rules' per-pixel measurement can be asked for
+    assert a.noise == ScoreNoise.of(estimate_noise(normalized, QUIET_BLOCKS))
     assert "drawn as white noise of variance" in a.describe()
-    diagonal = SelectionConfig(noise=DIAGONAL)
-    c = select(normalized, config, estimate, train, diagonal)
-    assert c.noise == ScoreNoise.of(estimate_noise(normalized, DIAGONAL)) != a.noise
+    per_pixel = SelectionConfig(noise=LAPLACIAN)
+    c = select(normalized, config, estimate, train, per_pixel)
+    assert c.noise == ScoreNoise.of(estimate) != a.noise
 
 
 def test_a_named_preset_and_auto_train_without_comparison():
