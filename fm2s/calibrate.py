@@ -225,9 +225,8 @@ LAPLACIAN = NoiseMeasurement()
 #: Laplacian gives 0.89-1.35); opt-in (docs/calibration-log.md, 2026-12-05)
 DIAGONAL = NoiseMeasurement("diagonal", 4)
 #: the Laplacian read on the quietest 15 % of 8 x 8 squares of each brightness bin: the
-#: comparison's score draws this noise (on the 18 FMD captures 0.76-1.10 of the true
-#: variance, blur width 0.67-0.70 where raw - gt says 0.68-0.72; docs/calibration-log.md,
-#: 2026-12-05 (2))
+#: comparison's score draws this noise (on the 18 FMD captures 0.75-1.10 of the true
+#: variance; docs/calibration-log.md, 2026-12-05 (2))
 QUIET_BLOCKS = NoiseMeasurement(block=8, quiet=0.15)
 #: fewest squares per brightness bin (``block`` measurements)
 BLOCKS_PER_BIN = 24
