@@ -46,7 +46,7 @@ from PIL import Image
 from scipy import ndimage
 
 from fm2s.api import apply
-from fm2s.calibrate import LAPLACIAN, estimate_noise
+from fm2s.calibrate import estimate_noise
 from fm2s.model import TrainedModel
 from fm2s.normalize import fit_normalization, stack_stats
 from fm2s.recipes import config_for
@@ -146,7 +146,7 @@ def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int,
     planes = scored_planes(normalized[None], SELECTION.max_planes)
     exact = true_noise(normalization, *truth, depth)
     measured = ScoreNoise.of(estimate_noise(normalized, SELECTION.noise))
-    laplacian = ScoreNoise.of(estimate_noise(normalized, LAPLACIAN))  # the rules' measurement
+    laplacian = ScoreNoise.of(estimate)  # the rules' measurement (LAPLACIAN)
     level = normalization.forward(clean if depth == 8 else clean * GAIN16 + OFFSET16)
     compared = candidates(config, estimate, normalized.shape)
     scores, true_scores, laplacian_scores = {}, {}, {}

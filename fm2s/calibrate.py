@@ -144,9 +144,13 @@ class NoiseEstimate:
         kind = "spatially correlated" if self.correlated else "white"
         sd = np.sqrt(self.variance(self.mean))
         return (f"{kind} noise (lag-1/lag-2 ratio {self.fine_ratio:.2f}), variance = "
-                f"{self.gain:.3g} * I {'+' if self.offset >= 0 else '-'} "
-                f"{abs(self.offset):.3g}, s.d. {sd:.3g} at the mean intensity "
+                f"{variance_law(self.gain, self.offset)}, s.d. {sd:.3g} at the mean intensity "
                 f"{self.mean:.3g} (normalized; relative noise {self.relative_noise:.2f})")
+
+
+def variance_law(gain: float, offset: float) -> str:
+    """``gain * I +/- offset``, for the lines that report a noise model."""
+    return f"{gain:.3g} * I {'+' if offset >= 0 else '-'} {abs(offset):.3g}"
 
 
 def _diagonal(plane: np.ndarray, lag: int) -> np.ndarray:
@@ -217,8 +221,7 @@ class NoiseMeasurement:
             raise ValueError("quiet must be in (0, 1]")
 
 
-#: the measurement the rules of :func:`choose` read (their constants were fitted on it),
-#: and by default the comparison's score (:class:`fm2s.selection.SelectionConfig`)
+#: the measurement the rules of :func:`choose` read (their constants were fitted on it)
 LAPLACIAN = NoiseMeasurement()
 #: second differences with bins up to the 99.9th percentile: nearer the true variance on
 #: structured synthetic images, 0.63-0.79 of it on the FMD wide-field captures (where the
@@ -311,21 +314,14 @@ def _line(centres: np.ndarray, variances: np.ndarray) -> tuple[float, float]:
 def _estimate_in_blocks(stack: np.ndarray, measurement: NoiseMeasurement) -> NoiseEstimate:
     """:func:`estimate_noise` on the quietest squares of each brightness bin."""
     residual, b = RESIDUALS[measurement.residual], measurement.block
+    if min(stack.shape[-2:]) < b:  # planes smaller than a square
+        return estimate_noise(stack, replace(measurement, block=0))
     means, fine, coarse = [], [], []
     for plane in stack:
-        h, w = (plane.shape[0] // b) * b, (plane.shape[1] // b) * b
-        if not (h and w):
-            continue
-
-        def per_block(a: np.ndarray, h: int = h, w: int = w) -> np.ndarray:
-            return a[:h, :w].reshape(h // b, b, w // b, b).mean(axis=(1, 3)).ravel()
-
-        means.append(per_block(plane))
-        fine.append(per_block(residual(plane, 1) ** 2))
-        coarse.append(per_block(residual(plane, 2) ** 2))
+        means.append(_block_means(plane, b))
+        fine.append(_block_means(residual(plane, 1) ** 2, b))
+        coarse.append(_block_means(residual(plane, 2) ** 2, b))
     mean = float(stack.mean())
-    if not means:  # planes smaller than a square
-        return estimate_noise(stack, replace(measurement, block=0))
     m, e1, e2 = (np.concatenate(a) for a in (means, fine, coarse))
     bins = int(np.clip(m.size // BLOCKS_PER_BIN, 1, BINS))
     centres, q1, q2 = [], [], []
@@ -347,6 +343,13 @@ def _estimate_in_blocks(stack: np.ndarray, measurement: NoiseMeasurement) -> Noi
     return NoiseEstimate(gain, offset, ratio, mean, measurement.residual)
 
 
+def _block_means(a: np.ndarray, block: int) -> np.ndarray:
+    """The means of the whole ``block`` x ``block`` squares of ``a`` (a partial square at
+    the bottom or right edge is left out)."""
+    h, w = (a.shape[0] // block) * block, (a.shape[1] // block) * block
+    return a[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3)).ravel()
+
+
 def quiet_share(residual: str, width: float, lag: int, block: int, quiet: float) -> float:
     """Mean energy of the quietest ``quiet`` share of ``block`` x ``block`` squares over
     the mean energy, on pure noise (white, or blurred by ``width``): the block mean of a
@@ -357,9 +360,7 @@ def quiet_share(residual: str, width: float, lag: int, block: int, quiet: float)
 
 @lru_cache(maxsize=64)
 def _quiet_share(residual: str, width: float, lag: int, block: int, quiet: float) -> float:
-    delta = np.zeros((41, 41))
-    delta[20, 20] = 1.0
-    response = RESIDUALS[residual](_blur_unit(delta, width), lag)
+    response = _impulse_response(residual, width, lag)
     auto = ndimage.correlate(response, response, mode="constant")
     c = auto.shape[0] // 2
     rho = auto / auto[c, c]
@@ -375,16 +376,21 @@ def _quiet_share(residual: str, width: float, lag: int, block: int, quiet: float
 def _ratio_table(residual: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lag-1 / lag-2 ``residual`` variance ratio, and the lag-2 residual's gain, of white
     noise blurred by Gaussians of each width (exact, from the impulse response)."""
-    filtered = RESIDUALS[residual]
     widths = np.linspace(0.0, 2.5, 51)
     ratios, gains = [], []
     for w in widths:
-        delta = np.zeros((41, 41))
-        delta[20, 20] = 1.0
-        k = _blur_unit(delta, float(w))
-        ratios.append(np.sum(filtered(k, 1) ** 2) / np.sum(filtered(k, 2) ** 2))
-        gains.append(np.sum(filtered(k, 2) ** 2))
+        lag1, lag2 = (_impulse_response(residual, float(w), lag) for lag in (1, 2))
+        ratios.append(np.sum(lag1 ** 2) / np.sum(lag2 ** 2))
+        gains.append(np.sum(lag2 ** 2))
     return widths, np.array(ratios), np.array(gains)
+
+
+def _impulse_response(residual: str, width: float, lag: int) -> np.ndarray:
+    """``residual`` at ``lag`` of a unit impulse blurred by :func:`_blur_unit` (41 x 41):
+    what white noise of unit variance becomes, pixel by pixel."""
+    delta = np.zeros((41, 41))
+    delta[20, 20] = 1.0
+    return RESIDUALS[residual](_blur_unit(delta, width), lag)
 
 
 def _blur_unit(noise: np.ndarray, width: float) -> np.ndarray:

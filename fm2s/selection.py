@@ -36,6 +36,7 @@ from .calibrate import (
     calibrated_config,
     correlation_width,
     estimate_noise,
+    variance_law,
 )
 from .export import Denoiser
 from .network import FM2SNet
@@ -73,7 +74,9 @@ class SelectionConfig:
         the read noise is recorrupted).
     noise
         How the noise the score draws is measured (:class:`fm2s.calibrate.NoiseMeasurement`:
-        the rules' Laplacian, or :data:`fm2s.calibrate.DIAGONAL`). The score needs the
+        by default :data:`fm2s.calibrate.QUIET_BLOCKS`; the rules' per-pixel
+        :data:`fm2s.calibrate.LAPLACIAN` and :data:`fm2s.calibrate.DIAGONAL` can be asked
+        for). The score needs the
         noise's variance to within a factor of about 1.5-2: an overestimate favours
         candidates that smooth, an underestimate ones that let noise through.
     """
@@ -133,9 +136,8 @@ class Selection:
         if self.noise is None:
             return ""
         kind = f"correlated (width {self.noise.width:.2f})" if self.noise.width else "white"
-        sign = "+" if self.noise.offset >= 0 else "-"
-        return (f", drawn as {kind} noise of variance {self.noise.gain:.3g} * I "
-                f"{sign} {abs(self.noise.offset):.3g}")
+        return (f", drawn as {kind} noise of variance "
+                f"{variance_law(self.noise.gain, self.noise.offset)}")
 
     def describe(self) -> str:
         """One line: the scores and why the winner won."""
@@ -259,8 +261,8 @@ def select(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
         The ``auto`` config (recipe, schedule, seed).
     estimate
         The noise measured on ``planes`` for the rules (the ``measured`` candidate); the
-        score draws the noise measured with ``selection.noise`` (the same measurement by
-        default).
+        score draws the noise measured again with ``selection.noise`` (by default on the
+        quietest squares, :data:`fm2s.calibrate.QUIET_BLOCKS`).
     train
         ``train(planes, config) -> FM2SNet`` (:func:`fm2s.training.train_network` with
         the run's device bound).
