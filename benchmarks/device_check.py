@@ -18,9 +18,9 @@ Steps (each bounded by its own timeout, so the whole stays within ``--budget`` s
    tiles 64, 200, 333, 512, 2048 against the whole 4096 x 4096 plane (256 on the CPU), plain
    and with one tile shape (``uniform``): largest difference (grey levels of a 16-bit
    output), the tile shapes sent.
-4. ``many.json``: ``benchmarks/many_models.py``: the 24 FMD captures trained batched and
-   one at a time in one warm process (models per minute, PSNR each way), then the library
-   call behind one ``train-and-apply`` over all of them.
+4. ``many.json``: ``benchmarks/many_models.py --microscope measured``: the 24 FMD
+   captures trained batched and one at a time in one warm process (models per minute,
+   PSNR each way), then the library call behind one ``train-and-apply`` over all of them.
 5. ``train.json``: ``train-and-apply --device cuda`` with default settings on one 512 x
    512 capture at a time, fresh processes: whole command and training seconds, PSNR; under
    ``"options"`` ``benchmarks/gpu_options.py`` (CUDA-graph steps) if time is left.
@@ -230,7 +230,9 @@ def tiling_step(out: Path, provider: str) -> None:
 def many_step(out: Path, device: str, quick: bool, timeout: float) -> None:
     """benchmarks/many_models.py: the FMD captures batched and one at a time."""
     path = out / "many.json"
-    args = ["--device", device, "--json", str(path)]
+    # the batching itself: one synthesis for every capture (auto would first run each
+    # capture's comparison alone, five short runs each)
+    args = ["--device", device, "--microscope", "measured", "--json", str(path)]
     if quick:
         args += ["--images", "2", "--samples", "2"]
     try:
@@ -404,7 +406,8 @@ def main() -> int:
                                                                     args.cpu))),
              ("tiling", lambda: tiling_step(args.out, provider)),
              ("many models", lambda: many_step(args.out, provider, args.cpu, left(0.32))),
-             ("train", lambda: train_step(args.out, provider, args.cpu, left(0.1), None)),
+             # the default command compares five syntheses first: about 36 s on two CPU cores
+             ("train", lambda: train_step(args.out, provider, args.cpu, left(0.16), None)),
              ("bench", lambda: bench_step(args.out, provider, shape, tile, until(1.0),
                                           1 if args.cpu else 2)),
              ("options", lambda: extra.update(options=options_step(args.cpu, left(1.0))))]

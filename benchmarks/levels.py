@@ -10,7 +10,7 @@ publishes them). Each image is denoised by two whole commands:
   the default recipe with that preset instead (it matches v2 within 0.02 dB at avg1,
   benchmarks/RESULTS.md, in a tenth of v2's time on a CPU);
 - ``auto``: the default command, no ``--recipe``, no ``--microscope`` (``--microscope
-  compare`` runs that side with ``--microscope compare``).
+  measured`` runs that side with the measured synthesis alone, without the comparison).
 
 It prints a table (PSNR in dB against the ground truth, data range 255; wall time of the
 auto command) and, per level, the means and the checks of the auto noise calibration.
@@ -18,7 +18,7 @@ auto command) and, per level, the means and the checks of the auto noise calibra
     python benchmarks/levels.py                         # v2 reference (about 5 min per
                                                         # image on 2 CPU cores; a GPU helps)
     python benchmarks/levels.py --reference fast --levels 2,4
-    python benchmarks/levels.py --reference none --microscope compare
+    python benchmarks/levels.py --reference none --microscope measured
     python benchmarks/levels.py --device cuda --jobs 4  # a GPU, four images at a time
                                                         # (then the seconds overlap)
 """

@@ -11,14 +11,14 @@ sparse spots on a dark background, a dense texture), 256 x 256, scaled to grey l
 - 8-bit (grey levels rounded) or 16-bit (16 counts per grey level over an offset of 100).
 
 Each case trains, with the default recipe and seed: the four named presets (``confocal``,
-``twophoton``, ``widefield``, ``generic``) and ``--microscope compare`` (column ``auto``),
+``twophoton``, ``widefield``, ``generic``) and ``--microscope auto`` (the default),
 which compares its candidates
 (fm2s.selection: the synthesis derived from the measured noise and the four presets,
 each trained briefly and scored on the image) and trains the winner's full schedule,
 which is the same run, bit for bit, as that candidate trained alone
 (tests/test_selection.py): so each candidate trains in full once, and auto's figure is
 its winner's. ``measured`` is the synthesis derived from the measured noise alone (``--microscope
-auto``, the default). PSNR in dB, data range 255 (grey levels).
+measured``). PSNR in dB, data range 255 (grey levels).
 
 Prints one row per case and the summary: the mean of each column, the oracle (best
 preset per case), the cases where auto is more than 0.3 dB below the best preset, and
@@ -125,11 +125,11 @@ def true_noise(normalization, photons: float, read: float, correlated: bool,
 
 def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int,
              truth: tuple[float, float, bool]) -> dict:
-    """Every candidate's PSNR (full schedule), compare's choice, its PSNR and its seconds.
+    """Every candidate's PSNR (full schedule), auto's choice, its PSNR and its seconds.
 
-    compare's steps as :func:`fm2s.model.select_and_train` takes them (each candidate's
+    auto's steps as :func:`fm2s.model.select_and_train` takes them (each candidate's
     comparison run, scored by :func:`fm2s.selection.score`), then every candidate's full
-    run (compare's is its winner's). Each comparison run and full run is also scored with
+    run (auto's is its winner's). Each comparison run and full run is also scored with
     the case's true noise model (``truth``: photons, read noise, correlated) and with the
     per-pixel Laplacian measurement of the rules (:data:`fm2s.calibrate.LAPLACIAN`, the
     score's until 2026-12-05), to tell the score's errors from the noise measurement's:
@@ -137,7 +137,7 @@ def run_case(noisy: np.ndarray, clean: np.ndarray, depth: int, seed: int,
     ``variance_ratio`` the measured model's mean variance over the true one (over the
     clean image's pixels).
     """
-    config = config_for("fast", "compare", seed, 1)
+    config = config_for("fast", "auto", seed, 1)
     normalization = fit_normalization(noisy, config.normalization)
     normalized = normalization.forward(noisy)
     stats = (float(stack_stats(noisy)[2]), float(stack_stats(noisy)[3]))

@@ -48,8 +48,10 @@ def train(image: np.ndarray, recipe: str = DEFAULT_RECIPE, microscope: str = DEF
         (a stack, whose model serves several planes, trains on twice the samples of a
         single image with the default recipe).
     recipe, microscope
-        Recipe (``fast``, ``paper``, ``v2``) and noise model: ``auto`` (measured on the
-        image, :mod:`fm2s.calibrate`) or a preset name (:data:`fm2s.recipes.MICROSCOPES`).
+        Recipe (``fast``, ``paper``, ``v2``) and noise model: ``auto`` (syntheses compared
+        on the image, :mod:`fm2s.selection`), ``measured`` (derived from the noise measured
+        on the image, :mod:`fm2s.calibrate`) or a preset name
+        (:data:`fm2s.recipes.MICROSCOPES`).
     seed
         Seed: the same seed on the same machine and device gives the same model.
     device

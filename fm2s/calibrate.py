@@ -1,4 +1,4 @@
-"""Noise calibration from the data alone, for ``--microscope auto``.
+"""Noise calibration from the data alone, for ``--microscope measured`` and ``auto``.
 
 One channel's noise is measured on the (normalized) planes its model trains on:
 
@@ -470,8 +470,8 @@ def low_noise(estimate: NoiseEstimate) -> bool:
 
 def calibrated_config(config: TrainConfig, estimate: NoiseEstimate,
                       plane_shape: tuple[int, int] | None = None) -> TrainConfig:
-    """An ``auto`` config with its noise synthesis (and, for low noise, its schedule)
-    chosen from ``estimate``.
+    """A ``measured`` config (or ``auto``'s ``measured`` candidate) with its noise synthesis
+    (and, for low noise, its schedule) chosen from ``estimate``.
 
     A config that needs no measurement (a named preset, or the ``paper`` recipe with its
     single published noise model: :attr:`~fm2s.recipes.TrainConfig.calibrated`) is

@@ -353,10 +353,11 @@ def train_and_apply_cmd(
         help="fast: this project's default (random crops, minutes -> seconds); paper: the FM2S "
         "paper; v2: the authors' later code.")] = Recipe[DEFAULT_RECIPE],
     microscope: Annotated[Microscope, typer.Option(
-        help="Noise model: auto measures it on the data (per channel, on its training "
-        "planes) and chooses the noise synthesis; compare also trains the presets briefly "
-        "and keeps the best-scoring one on the image (about 2.5 x the training time); or "
-        "name a preset of the FM2S authors. "
+        help="Noise model: auto measures the noise on the data (per channel, on its "
+        "training planes), trains the synthesis derived from it and the presets briefly, "
+        "and keeps the one that scores best on the image (about 2 x the training time); "
+        "measured trains the derived synthesis alone (one training); or name a preset of "
+        "the FM2S authors. "
         "The paper recipe uses one noise model for all.")] = Microscope[DEFAULT_MICROSCOPE],
     device: Annotated[Device, typer.Option(help="Training device.")] = Device["auto"],
     seed: Annotated[int, typer.Option(min=0, help="Seed: same seed, machine and device give "

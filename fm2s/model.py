@@ -49,7 +49,7 @@ class TrainedModel:
     estimate
         The noise measured on the training planes (``--microscope auto``), else None.
     selection
-        What ``compare`` compared and chose (:mod:`fm2s.selection`), else None.
+        What ``auto`` compared and chose (:mod:`fm2s.selection`), else None.
     batched
         Models trained in the same batched program (:mod:`fm2s.grouped`), this one
         included; 1: trained alone.
@@ -167,11 +167,11 @@ def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
     estimate = selection = None
     if config.calibrated:
         net = train_network(normalized, config, torch_device, progress)
-    elif config.microscope == "compare":  # the syntheses compared on these planes
+    elif config.microscope == "auto":  # the syntheses compared on these planes
         estimate = estimate_noise(normalized)
         selection, net = select_and_train(normalized, config, estimate, torch_device, progress)
         config = selection.winner.config
-    else:  # auto: the noise synthesis derived from the noise measured on these planes
+    else:  # measured: the noise synthesis derived from the noise measured on these planes
         estimate = estimate_noise(normalized)
         config = calibrated_config(config, estimate, planes.shape[-2:])
         net = train_network(normalized, config, torch_device, progress)
@@ -188,8 +188,9 @@ def train_models(stacks: Sequence[np.ndarray], configs: Sequence[TrainConfig],
     own seed), up to floating-point rounding where models are batched
     (:mod:`fm2s.grouped`: models of one network shape, batch shape and schedule, as many as
     memory allows); a model that shares its program with no other, and every model when
-    not batched, is trained exactly as :func:`train_model` does. ``compare`` configs are
-    trained one at a time.
+    not batched, is trained exactly as :func:`train_model` does. ``auto`` configs run
+    their comparison (:func:`fm2s.selection.select`) one at a time, then their winners'
+    full runs batch with the others.
 
     Parameters
     ----------
@@ -220,20 +221,23 @@ def train_models(stacks: Sequence[np.ndarray], configs: Sequence[TrainConfig],
     if not batched:
         return [train_model(s, c, device, progress) for s, c in zip(stacks, configs)]
     results: list[TrainedModel | None] = [None] * len(stacks)
-    pending = []  # (index, normalization, stats, config, estimate, normalized, seconds)
+    # (index, normalization, stats, config, estimate, normalized, seconds, selection)
+    pending = []
     for i, (stack, config) in enumerate(zip(stacks, configs)):
-        if config.microscope == "compare" and not config.calibrated:
-            results[i] = train_model(stack, config, device, progress)
-            continue
         planes, stats, normalization = _prepared(stack, config)
         start = time.perf_counter()
         normalized = normalization.forward(planes)
-        estimate = None
-        if not config.calibrated:
+        estimate = selection = None
+        if config.microscope == "auto" and not config.calibrated:  # compared alone
+            estimate = estimate_noise(normalized)
+            selection = select(normalized, config, estimate,
+                               lambda p, c: train_network(p, c, torch_device, progress))
+            config = selection.winner.config
+        elif not config.calibrated:
             estimate = estimate_noise(normalized)
             config = calibrated_config(config, estimate, planes.shape[-2:])
         pending.append((i, normalization, stats, config, estimate, normalized,
-                        time.perf_counter() - start))
+                        time.perf_counter() - start, selection))
     samplers = [Sampler(p[5], p[3], torch_device) for p in pending]
     for group in groups(samplers):
         start = time.perf_counter()
@@ -244,10 +248,11 @@ def train_models(stacks: Sequence[np.ndarray], configs: Sequence[TrainConfig],
             nets = train_grouped([samplers[k] for k in group], progress)
         seconds = time.perf_counter() - start
         for k, net in zip(group, nets):
-            i, normalization, stats, config, estimate, _, prepared = pending[k]
+            i, normalization, stats, config, estimate, _, prepared, selection = pending[k]
             results[i] = TrainedModel(net, normalization, config,
                                       (float(stats[2]), float(stats[3])), prepared + seconds,
-                                      str(torch_device), estimate, batched=len(group))
+                                      str(torch_device), estimate, selection,
+                                      batched=len(group))
         for k in group:  # free the group's images on the device
             samplers[k] = None
     return [r for r in results if r is not None]
@@ -256,7 +261,7 @@ def train_models(stacks: Sequence[np.ndarray], configs: Sequence[TrainConfig],
 def select_and_train(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
                      device, progress: Callable[[int, int], None] | None = None
                      ) -> tuple[Selection, FM2SNet]:
-    """``compare``: the candidate syntheses compared on ``planes`` (:func:`fm2s.selection.select`),
+    """``auto``: the candidate syntheses compared on ``planes`` (:func:`fm2s.selection.select`),
     then train the winner's full schedule. ``progress`` sees one run of the comparison's
     steps and the final training's."""
     stack = planes if planes.ndim == 3 else planes[None]
@@ -300,11 +305,13 @@ def noise_record(config: TrainConfig, estimate: NoiseEstimate | None,
 
 def decision(config: TrainConfig, estimate: NoiseEstimate,
              selection: Selection | None = None) -> str:
-    """One line: what ``auto`` measured, what it compared and what it chose."""
+    """One line: what ``auto`` (or ``measured``) measured, what it compared and what it
+    chose."""
     compared = f"; {selection.describe()}" if selection is not None else ""
+    who = "auto" if selection is not None else config.microscope
     noise = config.noise
     if not isinstance(noise, CalibratedNoise):  # a named preset won the comparison
-        return (f"auto: {estimate.describe()}{compared}; trained with the {config.microscope} "
+        return (f"{who}: {estimate.describe()}{compared}; trained with the {config.microscope} "
                 f"preset ({noise.median}x{noise.median} median target, amplification "
                 f"{noise.amplification}, {config.total_steps} steps)")
     lo, hi = noise.factor
@@ -317,6 +324,6 @@ def decision(config: TrainConfig, estimate: NoiseEstimate,
         x0 = noise.dark_level
         held = (f" up to intensity {noise.ceiling:.3g}, falling to x1 at "
                 f"{x0 + lo * (noise.ceiling - x0):.3g}")
-    return (f"auto: {estimate.describe()}{compared} -> synthetic noise {factor} that "
+    return (f"{who}: {estimate.describe()}{compared} -> synthetic noise {factor} that "
             f"variance{held}, {noise.median}x{noise.median} median target{kept}, amplification "
             f"{noise.amplification}{schedule}")

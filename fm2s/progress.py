@@ -51,14 +51,15 @@ class ProgressDisplay:
             self.console.print(text, highlight=False, markup=False)
 
     def steps(self, label: str) -> Callable[[int, int], None]:
-        """A training bar: returns ``progress(step, total)``."""
+        """A training bar: returns ``progress(step, total)`` (runs in turn may each report
+        their own total)."""
         task = None
 
         def progress(step: int, total: int) -> None:
             nonlocal task
             if task is None:
                 task = self.bar.add_task(label, total=total, rate="", unit="steps")
-            self.bar.update(task, completed=step)
+            self.bar.update(task, completed=step, total=total)
 
         return progress
 

@@ -18,16 +18,17 @@ from .errors import ParameterError
 RECIPES = ("fast", "paper", "v2")
 #: the FM2S authors' presets per microscope (avg1: single captures) and their tuning for
 #: captures averaged 2 and 4 times (``confocal-avg2`` ...; ``v2``/``fast`` recipes)
-MICROSCOPES = ("auto", "compare", "confocal", "twophoton", "widefield", "generic",
+MICROSCOPES = ("auto", "measured", "confocal", "twophoton", "widefield", "generic",
                "confocal-avg2", "confocal-avg4", "twophoton-avg2", "twophoton-avg4",
                "widefield-avg2", "widefield-avg4")
 DEFAULT_RECIPE = "fast"
-#: ``auto``: the noise synthesis is chosen from the data (:mod:`fm2s.calibrate`)
+#: ``auto``: the noise synthesis is chosen by a comparison on the data (:mod:`fm2s.selection`)
 DEFAULT_MICROSCOPE = "auto"
-#: noise models measured on the data: ``auto`` derives the synthesis from the measured
-#: noise (:mod:`fm2s.calibrate`); ``compare`` (opt-in) also trains the named presets and
-#: keeps the one that scores best on the image itself (:mod:`fm2s.selection`)
-MEASURED = ("auto", "compare")
+#: noise models measured on the data: ``auto`` trains the synthesis derived from the
+#: measured noise and the named presets briefly and keeps the one that scores best on the
+#: image itself (:mod:`fm2s.selection`); ``measured`` trains the derived synthesis alone
+#: (:mod:`fm2s.calibrate`: one training, rules fitted on the FMD images)
+MEASURED = ("auto", "measured")
 
 
 def _check_target(amplification: int, median: int) -> None:
@@ -87,7 +88,8 @@ class NoiseModel:
 
 @dataclass(frozen=True)
 class CalibratedNoise:
-    """Noise synthesis from the noise measured on the data (``--microscope auto``).
+    """Noise synthesis from the noise measured on the data (``--microscope measured``, and
+    ``auto``'s ``measured`` candidate).
 
     Each sample's noise follows the measured Poisson-Gaussian model (variance = ``gain``
     * intensity + ``offset``, normalized units) with its variance multiplied by a factor
@@ -104,7 +106,7 @@ class CalibratedNoise:
     factor
         (low, high) multiple of the measured variance that is synthesized.
     low_noise_schedule
-        Whether ``auto`` also made the training schedule finer for low noise
+        Whether the rules also made the training schedule finer for low noise
         (:data:`fm2s.calibrate.LOW_NOISE_SCHEDULE`); recorded with the choice, the noise
         synthesis does not use it.
     detail
@@ -153,7 +155,7 @@ class TrainConfig:
     recipe, microscope
         Names of the recipe and the preset this config was made from.
     noise
-        The noise model: a preset's, or one measured on the data (``auto``; until it
+        The noise model: a preset's, or one measured on the data (``auto``, ``measured``; until it
         is measured, by :func:`fm2s.model.train_model`, the confocal preset stands in).
     kernels
         Kernel sizes of the three convolutions.
@@ -240,7 +242,7 @@ class TrainConfig:
 
     @property
     def calibrated(self) -> bool:
-        """False for an ``auto`` config whose noise is not measured yet."""
+        """False for an ``auto`` or ``measured`` config whose noise is not measured yet."""
         return self.microscope not in MEASURED or isinstance(self.noise, CalibratedNoise) \
             or self.recipe == "paper"
 
@@ -270,8 +272,8 @@ for _name, _levels in {"confocal": ((125, 95, 285), (70, 195, 485)),
     for _level, (_kg, _kp, _lam) in zip(("avg2", "avg4"), _levels):
         _V2_NOISE[f"{_name}-{_level}"] = replace(_V2_NOISE[_name], k_g=_kg, k_p=_kp,
                                                  lambda_p=_lam)
-# auto and compare: the confocal preset stands in until the data's noise is measured
-_V2_NOISE["auto"] = _V2_NOISE["compare"] = _V2_NOISE["confocal"]
+# auto and measured: the confocal preset stands in until the data's noise is measured
+_V2_NOISE["auto"] = _V2_NOISE["measured"] = _V2_NOISE["confocal"]
 
 #: recipe name -> (schedule fields, microscope -> noise model, microscope -> schedule changes)
 _RECIPE_TABLE: dict[str, tuple[dict, dict[str, NoiseModel], dict[str, dict]]] = {
@@ -335,7 +337,7 @@ def as_preset(config: TrainConfig, microscope: str) -> TrainConfig:
     scale. Used by ``auto`` to compare presets (:mod:`fm2s.selection`).
     """
     if microscope in MEASURED or microscope not in MICROSCOPES:
-        raise ParameterError("microscope", microscope, "name a preset, not auto or compare")
+        raise ParameterError("microscope", microscope, "name a preset, not auto or measured")
     schedule, noises, per_microscope = _RECIPE_TABLE[config.recipe]
     scaled = {key: max(1, round(getattr(config, key) * value / schedule[key]))
               for key, value in per_microscope.get(microscope, {}).items()}

@@ -165,7 +165,8 @@ def quick_model(tmp_path_factory) -> Path:
     import fm2s
 
     noisy, _ = synthetic_image((64, 80), np.random.default_rng(5))
-    model = fm2s.train(noisy, device="cpu", samples=4, warmup_steps=1)
+    # measured: one training (the tests that use it are about inference, not the choice)
+    model = fm2s.train(noisy, microscope="measured", device="cpu", samples=4, warmup_steps=1)
     return model.save(tmp_path_factory.mktemp("model") / "quick.onnx")
 
 

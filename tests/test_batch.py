@@ -363,14 +363,17 @@ def test_models_of_many_images_trained_together(tmp_path):
 
     src = _folder(tmp_path / "caps")
     (src / "cap_9.png").write_bytes(b"not a png")
+    # measured: one synthesis and schedule for all three (auto's winners batch only where
+    # they share their network shape and schedule: tests/test_grouped.py)
     report = train_and_apply_many(open_collection(str(src)), tmp_path / "out", device="cpu",
-                                  batched=True, **QUICK)
+                                  batched=True, microscope="measured", **QUICK)
     assert [r.status for r in report.rows] == ["done", "done", "done", "failed"]
     assert format_batch(report).count("trained, 3 models at once") == 3
     assert [r.report.channels[0].batched for r in report.rows[:3]] == [3, 3, 3]
     for i in range(3):
         alone = tmp_path / f"alone{i}.png"
-        single = train_and_apply(src / f"cap_{i}.png", alone, device="cpu", **QUICK)
+        single = train_and_apply(src / f"cap_{i}.png", alone, device="cpu",
+                                 microscope="measured", **QUICK)
         assert single.channels[0].batched == 1
         a = read_image(alone).astype(np.int64)
         b = read_image(tmp_path / "out" / f"cap_{i}.fm2s.png").astype(np.int64)
@@ -385,8 +388,8 @@ def test_models_trained_together_in_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(fm2s.grouped, "MAX_MODELS", 2)
     src = _folder(tmp_path / "caps")
     report = train_and_apply_many(open_collection(str(src)), tmp_path / "out", device="cpu",
-                                  batched=True, **QUICK)
+                                  batched=True, microscope="measured", **QUICK)
     assert [r.report.channels[0].batched for r in report.rows] == [2, 2, 1]
     alone = tmp_path / "alone.png"
-    train_and_apply(src / "cap_2.png", alone, device="cpu", **QUICK)
+    train_and_apply(src / "cap_2.png", alone, device="cpu", microscope="measured", **QUICK)
     assert np.array_equal(read_image(alone), read_image(tmp_path / "out" / "cap_2.fm2s.png"))

@@ -88,21 +88,29 @@ def test_whole_image_models_batch_only_with_their_shape(rng):
     assert largest_difference(alone, b) <= ROUNDING
 
 
-def test_train_models_batched_are_the_models_trained_alone(rng):
-    """fm2s.model.train_models: auto measures each image's noise as train_model does, then
-    trains them in one program (batched=True, as on CUDA); not batched (the CPU's default),
-    the very models of train_model."""
+@pytest.mark.parametrize("microscope", ["measured", "auto"])
+def test_train_models_batched_are_the_models_trained_alone(rng, microscope):
+    """fm2s.model.train_models: ``measured`` measures each image's noise as train_model
+    does, ``auto`` runs each image's comparison alone as train_model does; then the models
+    train in one program per network shape and schedule (batched=True, as on CUDA); not
+    batched (the CPU's default), the very models of train_model."""
+    from fm2s.grouped import group_key
     from fm2s.model import train_model, train_models
 
     images = [synthetic_image((64, 80), rng)[0] for _ in range(3)]
-    configs = [make_config("fast", "auto", seed=s, samples=3) for s in (1, 2, 3)]
+    configs = [make_config("fast", microscope, seed=s, samples=3) for s in (1, 2, 3)]
     alone = [train_model(i, c, "cpu") for i, c in zip(images, configs)]
     together = train_models(images, configs, "cpu", batched=True)
     apart = train_models(images, configs, "cpu")
-    assert [m.batched for m in together] == [3, 3, 3]
+    keys = [group_key(Sampler(a.normalization.forward(i), a.config, torch.device("cpu")))
+            for a, i in zip(alone, images)]
+    assert [m.batched for m in together] == [keys.count(k) for k in keys]
+    if microscope == "measured":  # one synthesis, one schedule: one program
+        assert [m.batched for m in together] == [3, 3, 3]
     assert [m.batched for m in apart] == [1, 1, 1]
     for a, b, c in zip(alone, together, apart):
         assert b.config == a.config and b.estimate == a.estimate
+        assert b.selection == a.selection and (a.selection is not None) == (microscope == "auto")
         assert b.normalization == a.normalization and b.percentiles == a.percentiles
         assert largest_difference(a.net, b.net) <= ROUNDING
         assert largest_difference(a.net, c.net) == 0

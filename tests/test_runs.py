@@ -26,7 +26,8 @@ from fm2s.jobs import apply, info, train_and_apply
 from fm2s.runs import Done, RunLock, lock_path, read_state, unfinished
 
 #: a short training schedule (about a second a channel)
-QUICK = {"samples": 4, "warmup_steps": 1}
+#: a short schedule and one training (these tests are about runs, not the choice)
+QUICK = {"samples": 4, "warmup_steps": 1, "microscope": "measured"}
 
 #: run in a fresh interpreter: argv = source output where n [apply-model]; ``where`` says
 #: when the process signals itself: "training" (in the n-th training), "apply" (after the
@@ -73,7 +74,7 @@ SCRIPT = textwrap.dedent("""
     else:
         from fm2s.jobs import train_and_apply
         train_and_apply(source, output, device="cpu", train_planes=3, samples=4,
-                        warmup_steps=1)
+                        warmup_steps=1, microscope="measured")
 """)
 
 

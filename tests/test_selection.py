@@ -1,5 +1,7 @@
 """``auto``'s comparison of noise syntheses on the image itself (fm2s.selection)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -129,7 +131,7 @@ def test_auto_trains_the_winner_as_it_would_train_alone():
     """auto's network is the winner's full schedule trained alone, bit for bit
     (benchmarks/synthetic.py relies on it); the decision names what was compared."""
     image, _ = synthetic_image((80, 96), np.random.default_rng(4))
-    model = fm2s.train(image, microscope="compare", device="cpu", seed=2, **TINY)
+    model = fm2s.train(image, device="cpu", seed=2, **TINY)  # the default: auto
     winner = model.selection.winner
     assert model.config == winner.config
     alone = train_network(model.normalization.forward(image), winner.config, "cpu")
@@ -144,7 +146,7 @@ def test_auto_trains_the_winner_as_it_would_train_alone():
 
 def test_selection_is_reproducible_and_follows_the_seed():
     image, _ = synthetic_image((80, 80), np.random.default_rng(6))
-    config = make_config("fast", "compare", seed=1, **TINY)
+    config = make_config("fast", "auto", seed=1, **TINY)
     normalized = (image / float(image.max())).astype(np.float32)
     estimate = estimate_noise(normalized)
 
@@ -164,19 +166,26 @@ def test_selection_is_reproducible_and_follows_the_seed():
     assert c.noise == ScoreNoise.of(estimate) != a.noise
 
 
-def test_a_named_preset_and_auto_train_without_comparison():
+def test_a_named_preset_and_measured_train_without_comparison():
     image, _ = synthetic_image((64, 64), np.random.default_rng(2))
     model = fm2s.train(image, microscope="confocal", device="cpu", **TINY)
     assert model.selection is None and model.noise_record() is None
-    auto = fm2s.train(image, device="cpu", **TINY)  # the default: the measured synthesis
-    assert auto.selection is None and auto.config.microscope == "auto"
-    assert "compared" not in auto.noise_record()["decision"]
+    measured = fm2s.train(image, microscope="measured", device="cpu", **TINY)
+    assert measured.selection is None and measured.config.microscope == "measured"
+    decision = measured.noise_record()["decision"]
+    assert decision.startswith("measured: ") and "compared" not in decision
+    # the comparison's own measured candidate is that same synthesis and schedule
+    auto = fm2s.train(image, device="cpu", **TINY)
+    assert auto.selection is not None and auto.noise_record()["decision"].startswith("auto: ")
+    assert replace(auto.selection.candidates[0].config, microscope="measured") \
+        == measured.config
 
 
 def test_screening_trains_every_step_on_smaller_crops():
     config = make_config("fast", "confocal")
     short = SelectionConfig().screening(config)
-    assert short.crop == config.crop // 2 and short.total_steps == config.total_steps
+    assert short.crop == round(config.crop * 0.375) and short.total_steps == config.total_steps
+    assert SelectionConfig(screen_crop=0.5).screening(config).crop == config.crop // 2
     whole = make_config("v2", "confocal")  # whole-image recipes: a quarter of the samples
     assert SelectionConfig().screening(whole).samples == -(-whole.samples // 4)
 

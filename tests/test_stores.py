@@ -36,7 +36,8 @@ def volume(tmp_path_factory) -> Path:
 def local_run(volume, tmp_path_factory) -> Path:
     """The local-to-local run."""
     out = tmp_path_factory.mktemp("local") / "out.ome.zarr"
-    train_and_apply(volume, out, device="cpu", train_planes=3, **QUICK)
+    # measured: one training (these tests are about stores and runs, not the choice)
+    train_and_apply(volume, out, device="cpu", train_planes=3, microscope="measured", **QUICK)
     return out
 
 
@@ -96,7 +97,8 @@ def test_train_and_apply_s3_to_s3_writes_the_bytes_of_a_local_run(s3, s3_input, 
     s3.bucket("fm2s-out")
     url = "s3://fm2s-out/denoised/stack.fm2s.ome.zarr"
     res = CliRunner().invoke(app, ["train-and-apply", s3_input, "-o", url, "--storage-options",
-                                   s3.json, "--device", "cpu", "--train-planes", "3", "-q"])
+                                   s3.json, "--device", "cpu", "--train-planes", "3",
+                                   "--microscope", "measured", "-q"])
     assert res.exit_code == 0, res.output
     assert res.output.startswith(f"{s3_input} -> {url}: OME-Zarr")
     assert "warning" not in res.output.lower()
@@ -142,7 +144,7 @@ source, output, options, KILL_AFTER = sys.argv[1], sys.argv[2], sys.argv[3], int
 """ + KILL_AFTER_BLOCKS + """
 from fm2s.jobs import train_and_apply
 train_and_apply(source, output, device="cpu", train_planes=3, samples=4, warmup_steps=1,
-                storage_options=options)
+                storage_options=options, microscope="measured")
 """
 
 
@@ -173,7 +175,7 @@ def test_a_killed_s3_run_resumes_to_the_same_bytes_without_rewriting_a_chunk(
     monkeypatch.setattr(fm2s.model, "train_model",
                         lambda *a, **k: trained.append(1) or train(*a, **k))
     report = train_and_apply(s3_input, url, device="cpu", train_planes=3, resume=True,
-                             storage_options=s3.options, **QUICK)
+                             storage_options=s3.options, microscope="measured", **QUICK)
     assert not trained  # the models kept on S3 are reused
     assert report.resumed and report.chunks_before == len(marked)
     assert report.chunks_written == 24 - len(marked)

@@ -93,7 +93,8 @@ def test_dask_result_equals_whole_plane_for_odd_chunks(runtime, quick_model, sta
 def test_one_model_per_channel(runtime, quick_model, tmp_path, stack_uint16):
     import fm2s
 
-    other = fm2s.train(stack_uint16[0, 1, 0], device="cpu", samples=2, warmup_steps=1, seed=9)
+    other = fm2s.train(stack_uint16[0, 1, 0], microscope="measured", device="cpu", samples=2,
+                       warmup_steps=1, seed=9)
     models = [quick_model.read_bytes(), other.to_onnx().SerializeToString()]
     data = stack_uint16[:, :, 0]
     got = denoise_array(da.from_array(data), models, 5, tile=64, c_axis=1,
