@@ -3,7 +3,9 @@
 Synthetic 256 x 256 scenes of blurred spots with known truth, at three kinds of noise: a
 nearly noise-free image (10000 photons at the peak), very low photon counts (3 at the peak)
 and an sCMOS-like camera (30 photons, read noise 2, offset 100). Prints the decision and the
-PSNR (data range of the truth) of the noisy image, ``auto`` and the ``confocal`` preset.
+PSNR (data range of the truth) of the noisy image, ``auto`` and the ``confocal`` preset
+(``--compare every``: ``measured`` and every named preset, and ``auto`` less the best named
+preset).
 
 Then two stacks, trained as ``train-and-apply`` trains a channel (8 planes spread over the
 stack, the default schedule) and applied to every plane: a calcium-imaging-like timelapse
@@ -12,7 +14,7 @@ photomultiplier's 20 counts per photon) and a light-sheet-like z-stack (30 plane
 camera, dark stripes of the illumination, light lost with depth). Prints the mean PSNR over
 the planes, each plane's gain over its input (least, most) and that of the brightest plane.
 
-    python benchmarks/unlike_fmd.py [--samples 80] [--stacks-only]
+    python benchmarks/unlike_fmd.py [--samples 80] [--stacks-only] [--compare every]
 """
 
 from __future__ import annotations
@@ -79,12 +81,17 @@ def light_sheet(rng: np.random.Generator, planes: int = 30,
     return np.clip(np.rint(noisy), 0, 65535).astype(np.uint16), photons + 100
 
 
+PRESETS = ("confocal", "twophoton", "widefield", "generic")
+COMPARE = {"confocal": ("confocal",), "every": ("measured", *PRESETS)}
+
+
 def auto_and_preset(noisy: np.ndarray, training: np.ndarray, seed: int,
+                    compared: tuple[str, ...] = ("confocal",),
                     **train) -> tuple[dict[str, np.ndarray], str]:
-    """``noisy`` denoised by models trained on ``training`` with ``auto`` and with the
-    ``confocal`` preset, and auto's printed decision."""
+    """``noisy`` denoised by models trained on ``training`` with ``auto`` and with each
+    of ``compared``, and auto's printed decision."""
     outs, decision = {}, ""
-    for microscope in ("auto", "confocal"):
+    for microscope in ("auto", *compared):
         model = fm2s.train(training, microscope=microscope, device="cpu", seed=seed, **train)
         outs[microscope] = fm2s.apply(model, noisy, dtype="float32")
         if microscope == "auto":
@@ -92,19 +99,31 @@ def auto_and_preset(noisy: np.ndarray, training: np.ndarray, seed: int,
     return outs, decision
 
 
-def stack_figures(noisy: np.ndarray, truth: np.ndarray, seed: int) -> None:
+def versus_best(means: dict[str, float]) -> str:
+    """``auto`` less the best named preset, where more than one was trained."""
+    named = {m: v for m, v in means.items() if m in PRESETS}
+    if len(named) < 2:
+        return ""
+    best = max(named, key=named.get)
+    return f" | auto - best preset ({best}): {means['auto'] - named[best]:+.2f} dB"
+
+
+def stack_figures(noisy: np.ndarray, truth: np.ndarray, seed: int,
+                  compared: tuple[str, ...] = ("confocal",)) -> None:
     """Print auto against the confocal preset on a stack, trained as a channel's model."""
     span = float(truth.max() - truth.min())
     index = training_planes(len(noisy), DEFAULT_TRAIN_PLANES)
     before = np.array([psnr(n, t, span) for n, t in zip(noisy, truth)])
     brightest = int(np.argmax(truth.mean(axis=(1, 2))))
-    outs, decision = auto_and_preset(noisy, noisy[index], seed)
-    figures = []
+    outs, decision = auto_and_preset(noisy, noisy[index], seed, compared)
+    figures, means = [], {}
     for microscope, out in outs.items():
         gain = np.array([psnr(o, t, span) for o, t in zip(out, truth)]) - before
-        figures.append(f"{microscope} {(before + gain).mean():.2f} (per plane {gain.min():+.2f} "
+        means[microscope] = float((before + gain).mean())
+        figures.append(f"{microscope} {means[microscope]:.2f} (per plane {gain.min():+.2f} "
                        f"to {gain.max():+.2f}, brightest {gain[brightest]:+.2f})")
-    print(f"  noisy {before.mean():.2f} dB | {' | '.join(figures)}\n  {decision}", flush=True)
+    print(f"  noisy {before.mean():.2f} dB | {' | '.join(figures)}{versus_best(means)}\n"
+          f"  {decision}", flush=True)
 
 
 def main() -> None:
@@ -112,20 +131,26 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=80, help="noisy samples of the training")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stacks-only", action="store_true", help="only the two stacks")
+    ap.add_argument("--compare", choices=sorted(COMPARE), default="confocal",
+                    help="what auto is compared with: the confocal preset, or measured and "
+                    "every named preset")
     args = ap.parse_args()
+    compared = COMPARE[args.compare]
     rng = np.random.default_rng(args.seed)
     for name, (noisy, truth) in ({} if args.stacks_only else scenes(rng)).items():
         span = float(truth.max() - truth.min())
-        outs, decision = auto_and_preset(noisy, noisy, args.seed, samples=args.samples)
-        figures = [f"{microscope} {psnr(out, truth, span):.2f}" for microscope, out in outs.items()]
-        print(f"{name}: noisy {psnr(noisy, truth, span):.2f} dB | {' | '.join(figures)} dB\n"
-              f"  {decision}", flush=True)
+        outs, decision = auto_and_preset(noisy, noisy, args.seed, compared,
+                                         samples=args.samples)
+        means = {microscope: psnr(out, truth, span) for microscope, out in outs.items()}
+        figures = [f"{microscope} {v:.2f}" for microscope, v in means.items()]
+        print(f"{name}: noisy {psnr(noisy, truth, span):.2f} dB | {' | '.join(figures)} dB"
+              f"{versus_best(means)}\n  {decision}", flush=True)
     rng = np.random.default_rng(args.seed)
     for name, make in (("calcium-imaging-like timelapse", calcium),
                        ("light-sheet-like z-stack", light_sheet)):
         noisy, truth = make(rng)
         print(f"{name} {noisy.shape}, PSNR over the planes:", flush=True)
-        stack_figures(noisy, truth, args.seed)
+        stack_figures(noisy, truth, args.seed, compared)
 
 
 if __name__ == "__main__":
