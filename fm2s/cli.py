@@ -360,8 +360,8 @@ def train_and_apply_cmd(
         "the FM2S authors. "
         "The paper recipe uses one noise model for all.")] = Microscope[DEFAULT_MICROSCOPE],
     device: Annotated[Device, typer.Option(help="Training device.")] = Device["auto"],
-    seed: Annotated[int, typer.Option(min=0, help="Seed: same seed, machine and device give "
-                                      "the same result.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed: same seed, machine, device and "
+                                      "number of CPU threads give the same result.")] = 0,
     train_planes: Annotated[int, typer.Option(
         min=1, help="Planes each channel's model trains on (spread evenly over t and z); the "
         "training time does not depend on it.")] = DEFAULT_TRAIN_PLANES,
