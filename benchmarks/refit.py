@@ -13,15 +13,18 @@ it can be rerun without each group:
 - *the fit* on a set of images takes, for each constant, the value of the highest mean
   PSNR over that set; a value within ``--tie`` dB of the shipped one's mean is a tie and
   keeps the shipped value (default 0.005 dB, set before the first run; 0.05 dB is about
-  what another seed moves a 15-image mean, docs/calibration-log.md);
+  half of what another seed moved the six avg1 images' mean, 0.11 dB over seeds 0-2:
+  docs/calibration-log.md, 2026-12-05 (5));
 - for each group G: the rules refitted on the other five groups are trained on G's images
   (its *held-out* PSNR), against the rules fitted on all six (its *in-sample* PSNR) and the
   shipped rules.
 
     python benchmarks/refit.py [--cache refit.json] [--tie 0.005] [--auto]
 
-Prints one line per training and the table. Takes about an hour on 2 CPU cores; trained
-PSNRs are cached in the ``--cache`` file, so a rerun only trains what is missing.
+Prints one line per training and the table. On 2 CPU cores the 131 grid configs take
+about 50 minutes in two processes (``--part 0/2`` and ``--part 1/2``, each with its own
+cache; merge the two), ``--auto`` about half an hour more. Trained PSNRs are cached in the
+``--cache`` file, so a rerun only trains what is missing.
 """
 
 from __future__ import annotations
@@ -73,16 +76,18 @@ TIE_DB = 0.005
 BASE = config_for("fast", "measured", 0, 1)
 
 
+#: GRID's constants that are set as they are named (the others are derived below)
+_PLAIN = ("FACTOR_MIN", "FACTOR_MAX", "FACTOR_SLOPE", "S_LOW", "CEILING_BELOW",
+          "CORRELATED_BELOW")
+
+
 @contextlib.contextmanager
 def rules(values: dict):
     """fm2s.calibrate's constants set to ``values`` (GRID's names), restored after."""
     saved = {name: getattr(calibrate, name) for name in
-             ("FACTOR_MIN", "FACTOR_MAX", "FACTOR_SLOPE", "S_LOW", "LOW_NOISE_SCHEDULE",
-              "DETAIL_MAX", "DETAIL_FULL", "DETAIL_NONE", "CEILING_BELOW",
-              "CORRELATED_BELOW")}
+             (*_PLAIN, "LOW_NOISE_SCHEDULE", "DETAIL_MAX", "DETAIL_FULL", "DETAIL_NONE")}
     v = {**SHIPPED, **values}
-    for name in ("FACTOR_MIN", "FACTOR_MAX", "FACTOR_SLOPE", "S_LOW", "CEILING_BELOW",
-                 "CORRELATED_BELOW"):
+    for name in _PLAIN:
         setattr(calibrate, name, v[name])
     calibrate.LOW_NOISE_SCHEDULE = (_SCHEDULE if v["LOW_NOISE_SCHEDULE"] == "on"
                                     else {"crop": 1, "samples": 1, "steps_per_sample": 1})
@@ -129,7 +134,6 @@ class Images:
             print(f"  trained {key[0]} avg{key[1]} {values or 'shipped'}: "
                   f"{self.psnr[label]:.2f} dB ({time.perf_counter() - start:.0f} s)", flush=True)
         return self.psnr[label]
-
 
     def auto(self, key: tuple[str, int], values: dict) -> float:
         """PSNR of the default ``auto`` (the comparison, its ``measured`` candidate made by
