@@ -28,6 +28,7 @@ import fm2s
 from fm2s.jobs import training_planes
 from fm2s.recipes import DEFAULT_TRAIN_PLANES
 from fm2s.sample import psnr
+from fm2s.selection import SELECTION
 
 
 def scenes(rng: np.random.Generator, size: int = 256) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -81,7 +82,7 @@ def light_sheet(rng: np.random.Generator, planes: int = 30,
     return np.clip(np.rint(noisy), 0, 65535).astype(np.uint16), photons + 100
 
 
-PRESETS = ("confocal", "twophoton", "widefield", "generic")
+PRESETS = SELECTION.presets  # the named presets auto compares
 COMPARE = {"confocal": ("confocal",), "every": ("measured", *PRESETS)}
 
 
@@ -110,7 +111,7 @@ def versus_best(means: dict[str, float]) -> str:
 
 def stack_figures(noisy: np.ndarray, truth: np.ndarray, seed: int,
                   compared: tuple[str, ...] = ("confocal",)) -> None:
-    """Print auto against the confocal preset on a stack, trained as a channel's model."""
+    """Print auto against each of ``compared`` on a stack, trained as a channel's model."""
     span = float(truth.max() - truth.min())
     index = training_planes(len(noisy), DEFAULT_TRAIN_PLANES)
     before = np.array([psnr(n, t, span) for n, t in zip(noisy, truth)])
