@@ -53,7 +53,8 @@ def train(image: np.ndarray, recipe: str = DEFAULT_RECIPE, microscope: str = DEF
         on the image, :mod:`fm2s.calibrate`) or a preset name
         (:data:`fm2s.recipes.MICROSCOPES`).
     seed
-        Seed: the same seed on the same machine and device gives the same model.
+        Seed: the same seed on the same machine and device, with the same number of CPU
+        threads, gives the same model.
     device
         ``auto``, ``cpu`` or ``cuda`` (training device).
     progress

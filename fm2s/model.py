@@ -140,6 +140,35 @@ def _prepared(planes: np.ndarray, config: TrainConfig):
     return planes, stats, normalization
 
 
+def _compared(config: TrainConfig) -> bool:
+    """Whether ``config`` is an ``auto`` config whose synthesis the comparison chooses."""
+    return config.microscope == "auto" and not config.calibrated
+
+
+def _measured(normalized: np.ndarray, config: TrainConfig
+              ) -> tuple[TrainConfig, NoiseEstimate | None]:
+    """``config`` as given (a named preset), or (``measured``) the noise synthesis derived
+    from the noise measured on ``normalized``, with that measurement."""
+    if config.calibrated:
+        return config, None
+    estimate = estimate_noise(normalized)
+    return calibrated_config(config, estimate, normalized.shape[-2:]), estimate
+
+
+@dataclass
+class _Pending:
+    """A model of :func:`train_models` whose config is decided, waiting for its training."""
+
+    index: int
+    normalization: Normalization
+    stats: np.ndarray
+    config: TrainConfig
+    estimate: NoiseEstimate | None
+    normalized: np.ndarray
+    seconds: float
+    selection: Selection | None
+
+
 def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
                 progress: Callable[[int, int], None] | None = None) -> TrainedModel:
     """Train FM2S on a 2D image or a (K, H, W) stack of planes of one channel.
@@ -164,16 +193,13 @@ def train_model(planes: np.ndarray, config: TrainConfig, device: str = "auto",
     torch_device = resolve_device(device)
     start = time.perf_counter()
     normalized = normalization.forward(planes)
-    estimate = selection = None
-    if config.calibrated:
-        net = train_network(normalized, config, torch_device, progress)
-    elif config.microscope == "auto":  # the syntheses compared on these planes
+    selection = None
+    if _compared(config):  # auto: the syntheses compared on these planes
         estimate = estimate_noise(normalized)
         selection, net = select_and_train(normalized, config, estimate, torch_device, progress)
         config = selection.winner.config
-    else:  # measured: the noise synthesis derived from the noise measured on these planes
-        estimate = estimate_noise(normalized)
-        config = calibrated_config(config, estimate, planes.shape[-2:])
+    else:
+        config, estimate = _measured(normalized, config)
         net = train_network(normalized, config, torch_device, progress)
     return TrainedModel(net, normalization, config, (float(stats[2]), float(stats[3])),
                         time.perf_counter() - start, str(torch_device), estimate, selection)
@@ -221,38 +247,37 @@ def train_models(stacks: Sequence[np.ndarray], configs: Sequence[TrainConfig],
     if not batched:
         return [train_model(s, c, device, progress) for s, c in zip(stacks, configs)]
     results: list[TrainedModel | None] = [None] * len(stacks)
-    # (index, normalization, stats, config, estimate, normalized, seconds, selection)
-    pending = []
+    pending: list[_Pending] = []
     for i, (stack, config) in enumerate(zip(stacks, configs)):
         planes, stats, normalization = _prepared(stack, config)
         start = time.perf_counter()
         normalized = normalization.forward(planes)
-        estimate = selection = None
-        if config.microscope == "auto" and not config.calibrated:  # compared alone
+        selection = None
+        if _compared(config):  # compared alone
             estimate = estimate_noise(normalized)
             selection = select(normalized, config, estimate,
                                lambda p, c: train_network(p, c, torch_device, progress))
             config = selection.winner.config
-        elif not config.calibrated:
-            estimate = estimate_noise(normalized)
-            config = calibrated_config(config, estimate, planes.shape[-2:])
-        pending.append((i, normalization, stats, config, estimate, normalized,
-                        time.perf_counter() - start, selection))
-    samplers = [Sampler(p[5], p[3], torch_device) for p in pending]
+        else:
+            config, estimate = _measured(normalized, config)
+        pending.append(_Pending(i, normalization, stats, config, estimate, normalized,
+                                time.perf_counter() - start, selection))
+    samplers = [Sampler(p.normalized, p.config, torch_device) for p in pending]
     for group in groups(samplers):
         start = time.perf_counter()
         if len(group) == 1:  # alone: exactly train_network's model
             (k,) = group
-            nets = [train_network(pending[k][5], pending[k][3], torch_device, progress)]
+            nets = [train_network(pending[k].normalized, pending[k].config, torch_device,
+                                  progress)]
         else:
             nets = train_grouped([samplers[k] for k in group], progress)
         seconds = time.perf_counter() - start
         for k, net in zip(group, nets):
-            i, normalization, stats, config, estimate, _, prepared, selection = pending[k]
-            results[i] = TrainedModel(net, normalization, config,
-                                      (float(stats[2]), float(stats[3])), prepared + seconds,
-                                      str(torch_device), estimate, selection,
-                                      batched=len(group))
+            p = pending[k]
+            results[p.index] = TrainedModel(
+                net, p.normalization, p.config, (float(p.stats[2]), float(p.stats[3])),
+                p.seconds + seconds, str(torch_device), p.estimate, p.selection,
+                batched=len(group))
         for k in group:  # free the group's images on the device
             samplers[k] = None
     return [r for r in results if r is not None]
