@@ -16,6 +16,9 @@ then trains its full schedule. Nothing here looks at file names or metadata.
 The noise model is :class:`fm2s.calibrate.NoiseEstimate` (Poisson-Gaussian variance,
 white or correlated). Correlated noise is modelled as white noise blurred by a Gaussian
 whose width reproduces the measured lag-1 / lag-2 ratio (:func:`correlation_width`).
+
+``SelectionConfig(score="masked")`` (opt-in) scores white noise instead by the error on
+masked pixels (:func:`masked_score`), which needs no noise model.
 """
 
 from __future__ import annotations
@@ -76,13 +79,24 @@ class SelectionConfig:
         with keep probability 1 / (1 + alpha^2), which gives the input and the target the
         same noise variances as recorruption and is exact for Poisson noise at any count;
         the read noise is recorrupted).
+    score
+        ``recorruption`` (the default): :func:`recorruption_score`, which draws the
+        measured noise. ``masked`` (opt-in): on white noise the error on masked pixels
+        (:func:`masked_score`), which needs no noise model; on correlated noise, whose
+        neighbours share it, recorruption. Measured against recorruption in
+        docs/calibration-log.md, 2026-12-05 (7): better on sparse spots at few photons,
+        a little worse on the demo and on one FMD capture.
+    mask_spacing
+        ``masked``: the masked pixels lie on a grid of this spacing; ``draws`` of its
+        offsets are scored per plane.
     noise
-        How the noise the score draws is measured (:class:`fm2s.calibrate.NoiseMeasurement`:
-        by default :data:`fm2s.calibrate.QUIET_BLOCKS`; the rules' per-pixel
+        How the noise is measured for the score (:class:`fm2s.calibrate.NoiseMeasurement`:
+        ``masked`` uses it only to tell correlated noise; by default
+        :data:`fm2s.calibrate.QUIET_BLOCKS`; the rules' per-pixel
         :data:`fm2s.calibrate.LAPLACIAN` and :data:`fm2s.calibrate.DIAGONAL` can be asked
-        for). The score needs the
-        noise's variance to within a factor of about 1.5-2: an overestimate favours
-        candidates that smooth, an underestimate ones that let noise through.
+        for). ``recorruption`` needs the noise's variance to within a factor of about
+        1.5-2: an overestimate favours candidates that smooth, an underestimate ones that
+        let noise through.
     """
 
     presets: tuple[str, ...] = ("confocal", "twophoton", "widefield", "generic")
@@ -93,10 +107,16 @@ class SelectionConfig:
     max_planes: int = 4
     split: str = "gaussian"
     noise: NoiseMeasurement = QUIET_BLOCKS
+    score: str = "recorruption"
+    mask_spacing: int = 4
 
     def __post_init__(self) -> None:
         if self.split not in ("gaussian", "thinning"):
             raise ValueError("split must be gaussian or thinning")
+        if self.score not in ("masked", "recorruption"):
+            raise ValueError("score must be masked or recorruption")
+        if self.mask_spacing < 2:
+            raise ValueError("mask_spacing must be >= 2")
         if not 0 < self.screen_crop <= 1 or not 0 < self.screen_samples <= 1:
             raise ValueError("screen_crop and screen_samples must be in (0, 1]")
         if self.alpha <= 0 or self.draws < 1 or self.max_planes < 1:
@@ -131,12 +151,20 @@ class Selection:
     candidates: tuple[Candidate, ...]
     chosen: int
     noise: ScoreNoise | None = None
+    score: str = "recorruption"
 
     @property
     def winner(self) -> Candidate:
         return self.candidates[self.chosen]
 
+    @property
+    def masked(self) -> bool:
+        """Whether the masked score ranked the candidates (``masked``, white noise)."""
+        return self.score == "masked" and (self.noise is None or self.noise.width == 0)
+
     def _drawn(self) -> str:
+        if self.masked:
+            return "; pixels on a grid masked, each predicted from its 8 neighbours"
         if self.noise is None:
             return ""
         kind = f"correlated (width {self.noise.width:.2f})" if self.noise.width else "white"
@@ -149,10 +177,13 @@ class Selection:
         others = sorted(c.score for i, c in enumerate(self.candidates) if i != self.chosen)
         margin = (others[0] / best - 1) if others and best > 0 else 0.0
         scores = ", ".join(f"{c.name} {c.score / best:.3f}" for c in self.candidates)
+        how = ("by the error on pixels each network did not see (Noise2Self)"
+               if self.masked else
+               "by recorruption (the error on a noisier copy against an independent one")
+        close = "" if self.masked else ")"
         return (f"compared {len(self.candidates)} noise syntheses trained on this image "
-                f"({self.winner.screened.crop or 'whole'}-pixel crops), scored by recorruption "
-                f"(the error on a noisier copy against an independent one{self._drawn()}; "
-                f"relative: {scores});"
+                f"({self.winner.screened.crop or 'whole'}-pixel crops), scored {how}"
+                f"{self._drawn()}{close}; relative: {scores};"
                 f" chose {self.winner.name}, {margin:.1%} below the next")
 
 
@@ -282,7 +313,8 @@ def select(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
         net = train(planes, short)
         results.append(Candidate(name, full, short,
                                  score(net, scored, drawn, full, selection)))
-    return Selection(tuple(results), winner_of([c.score for c in results]), drawn)
+    return Selection(tuple(results), winner_of([c.score for c in results]), drawn,
+                     selection.score)
 
 
 #: scores within this relative distance of the lowest are a tie, won by the first candidate
@@ -299,7 +331,53 @@ def winner_of(scores: list[float]) -> int:
 
 def score(net: FM2SNet, scored: np.ndarray, estimate: NoiseEstimate | ScoreNoise,
           config: TrainConfig, selection: SelectionConfig = SELECTION) -> float:
-    """:func:`recorruption_score` with the draws of ``config.seed`` (the same draws for
-    every candidate of a run)."""
+    """:func:`recorruption_score` (or, ``selection.score`` ``masked`` on white noise,
+    :func:`masked_score`) with the draws of ``config.seed`` (the same draws for every
+    candidate of a run)."""
     rng = np.random.default_rng([config.seed, 7])
+    if selection.score == "masked" and ScoreNoise.of(estimate).width == 0:
+        return masked_score(net, scored, config.views, selection, rng)
     return recorruption_score(net, scored, estimate, config.views, selection, rng)
+
+
+def masked_score(net: FM2SNet, planes: np.ndarray, views: int, selection: SelectionConfig,
+                 rng: np.random.Generator) -> float:
+    """Mean error of ``net`` on pixels it did not see (Batson and Royer, ICML 2019,
+    "Noise2Self"), on normalized ``planes`` (K, H, W).
+
+    The pixels of a grid (spacing ``selection.mask_spacing``, ``selection.draws`` of its
+    offsets per plane) are replaced by the mean of their 8 neighbours, the network is run
+    on the result, and its output there is compared with the pixels' own values. With
+    noise independent from pixel to pixel, the output at a masked pixel holds none of
+    that pixel's noise, so the expected error is the masked network's error against the
+    noise-free image plus the noise variance, the same for every candidate: no noise
+    model is needed. Noise shared with the neighbours biases it toward networks that keep
+    noise (hence recorruption for correlated noise, :func:`score`).
+    """
+    denoiser = Denoiser(net, Normalization(0.0, 1.0), views=views).eval()
+    spacing = selection.mask_spacing
+    total, count = 0.0, 0
+    for plane in planes:
+        y = plane.astype(np.float64)
+        offsets = rng.choice(spacing * spacing, min(selection.draws, spacing * spacing),
+                             replace=False)
+        for offset in offsets:
+            predicted, centre = masked_predictions(denoiser, y, divmod(int(offset), spacing),
+                                                   spacing)
+            diff = predicted - y[centre]
+            total += float(np.sum(diff * diff))
+            count += diff.size
+    return total / max(count, 1)
+
+
+def masked_predictions(denoiser: Callable[[torch.Tensor], torch.Tensor], plane: np.ndarray,
+                       offset: tuple[int, int], spacing: int) -> tuple[np.ndarray, np.ndarray]:
+    """The network's output at the pixels of one mask grid (``offset``: its first row and
+    column), run on ``plane`` with those pixels replaced by their 8 neighbours' mean; and
+    the grid as a boolean mask."""
+    centre = np.zeros(plane.shape, dtype=bool)
+    centre[offset[0]::spacing, offset[1]::spacing] = True
+    masked = np.where(centre, ndimage.convolve(plane, _NEIGHBOURS, mode="reflect"), plane)
+    with torch.no_grad():
+        out = denoiser(torch.from_numpy(masked.astype(np.float32))[None, None])
+    return out[0, 0].numpy().astype(np.float64)[centre], centre

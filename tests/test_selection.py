@@ -15,7 +15,9 @@ from fm2s.calibrate import (
     NoiseEstimate,
     estimate_noise,
 )
+from fm2s.export import Denoiser
 from fm2s.network import FM2SNet
+from fm2s.normalize import Normalization
 from fm2s.recipes import as_preset, config_for, make_config
 from fm2s.sample import synthetic_image
 from fm2s.selection import (
@@ -24,7 +26,10 @@ from fm2s.selection import (
     _blur_unit,
     candidates,
     correlation_width,
+    masked_predictions,
+    masked_score,
     recorruption_score,
+    score,
     select,
     thinned,
 )
@@ -108,6 +113,98 @@ def test_recorruption_score_fails_to_rank_with_a_wrong_noise_model():
 
     right, wrong = ranks(estimate), ranks(halved)
     assert right[1] < right[0] and wrong[0] < wrong[1]
+
+
+def _box_net(size: int) -> FM2SNet:
+    """A hand-set network: amplification 1, output = the size x size mean of its input."""
+    net = FM2SNet(1, size, 1, 1)
+    with torch.no_grad():
+        for conv in (net.conv1, net.conv2, net.conv3):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        net.conv1.weight[0, 0] = 1.0 / size**2
+        net.conv2.weight[0, 0, 0, 0] = 1.0
+        net.conv3.weight[0, 0, 0, 0] = 1.0
+    return net.eval()
+
+
+def _true_error(net: FM2SNet, noisy: np.ndarray, truth: np.ndarray) -> float:
+    with torch.no_grad():
+        out = net(torch.from_numpy(noisy.astype(np.float32))[None, None])[0, 0].numpy()
+    return float(np.mean((out - truth) ** 2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_masked_score_ranks_smoothers_as_their_true_error(seed):
+    """Box means of several sizes on a noisy image with known truth (structure at a scale
+    where a middle size is best): the masked score, which is given no noise model,
+    orders them as their error against the truth does."""
+    rng = np.random.default_rng(seed)
+    truth = ndimage.gaussian_filter(rng.random((192, 192)), 3)
+    truth = (truth - truth.min()) / np.ptp(truth) * 0.6 + 0.2
+    noisy = truth + 0.1 * rng.standard_normal(truth.shape)
+    sizes = [3, 5, 9, 15]
+    true = [_true_error(_box_net(k), noisy, truth) for k in sizes]
+    assert 0 < int(np.argmin(true)) < len(sizes) - 1  # the best is not at either end
+    scores = [masked_score(_box_net(k), noisy[None], 1, SelectionConfig(),
+                           np.random.default_rng(seed)) for k in sizes]
+    assert np.argsort(scores).tolist() == np.argsort(true).tolist(), (scores, true)
+
+
+def test_masked_score_needs_no_noise_variance_where_recorruption_does():
+    """Flat image, white noise: told a quarter of the variance, recorruption prefers the
+    3 x 3 mean to the 7 x 7 one, the reverse of the truth; the masked score, which draws
+    no noise, ranks them right."""
+    rng = np.random.default_rng(4)
+    truth = np.full((128, 128), 0.4)
+    noisy = (truth + 0.1 * rng.standard_normal(truth.shape)).astype(np.float32)
+    true = [_true_error(_box_net(k), noisy, truth) for k in (3, 7)]
+    quarter = ScoreNoise(0.0, 0.01 / 4)
+    wrong = [recorruption_score(_box_net(k), noisy[None], quarter, 1, SelectionConfig(),
+                                np.random.default_rng(1)) for k in (3, 7)]
+    masked = [masked_score(_box_net(k), noisy[None], 1, SelectionConfig(),
+                           np.random.default_rng(1)) for k in (3, 7)]
+    assert true[1] < true[0] and wrong[0] < wrong[1] and masked[1] < masked[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_masked_score_is_unbiased_on_white_noise_only(seed):
+    """The masked score is the masked network's error against the truth plus the noise
+    variance when the fill holds none of the masked pixel's noise: so on white noise. With
+    spatially correlated noise (white noise blurred by a Gaussian of width 0.8) the 8
+    neighbours hold much of it, and on an identity network score - error falls far below
+    the variance: why ``masked`` scores correlated noise by recorruption."""
+    rng = np.random.default_rng(seed)
+    truth = 0.3 + 0.2 * ndimage.gaussian_filter(rng.random((192, 192)), 4)
+    identity = Denoiser(_box_net(1), Normalization(0.0, 1.0), views=1).eval()
+
+    def bias(noise: np.ndarray) -> float:
+        noisy, out = truth + noise, []
+        for offset in [(0, 0), (1, 2), (3, 1)]:
+            predicted, centre = masked_predictions(identity, noisy, offset, 4)
+            score = np.mean((predicted - noisy[centre]) ** 2)
+            out.append(score - np.mean((predicted - truth[centre]) ** 2))
+        return float(np.mean(out)) / float(np.var(noise)) - 1  # 0: unbiased
+
+    white = 0.05 * np.random.default_rng(seed + 10).standard_normal(truth.shape)
+    assert abs(bias(white)) < 0.05
+    assert bias(0.05 * _blurred_noise(0.8, seed, truth.shape)) < -0.8
+
+
+def test_masked_selection_scores_correlated_noise_by_recorruption():
+    """``score="masked"``: white noise is scored by the masked score, correlated noise by
+    recorruption (the same value as the recorruption score)."""
+    rng = np.random.default_rng(5)
+    noisy = (0.4 + 0.05 * rng.standard_normal((96, 96)))[None]
+    config = config_for("fast", "auto", 0, 1)
+    masked = SelectionConfig(score="masked")
+    net = _box_net(3)
+    white, correlated = ScoreNoise(0.0, 0.0025), ScoreNoise(0.0, 0.0025, 0.8)
+    assert score(net, noisy, white, config, masked) == masked_score(
+        net, noisy, config.views, masked, np.random.default_rng([0, 7]))
+    assert score(net, noisy, correlated, config, masked) == score(net, noisy, correlated,
+                                                                  config)
+    assert score(net, noisy, white, config, masked) != score(net, noisy, white, config)
 
 
 def test_candidates_are_the_measured_synthesis_and_the_named_presets():
