@@ -516,8 +516,11 @@ def train_and_apply_many(collection: Collection, output: str | Path | None = Non
             models: list[Path] | None = None) -> jobs.RunReport:
         if models is not None:
             provider = "cpu" if device == "cpu" and precision == "fp32" else "auto"
+            # the shared models live in the run folder, removed once the collection is
+            # complete: the collection's fm2s.shared_models records them
             return jobs.apply(",".join(map(str, models)), m.source, out, provider=provider,
-                              resume=resume, command=command, progress=progress, **common)
+                              resume=resume, command=command, progress=progress,
+                              models_kept=False, **common)
         if m.name not in looked_at and any(t.name == m.name for t, _ in todo):
             pretrain(m, progress)
         return jobs.train_and_apply(m.source, out, recipe=recipe, microscope=microscope,

@@ -219,7 +219,8 @@ def format_run(report) -> str:
                      f"plane(s), {ch.steps} steps on {ch.device} in {ch.train_seconds:.1f} s, "
                      f"seed {ch.seed}")
         else:
-            head += f"model {ch.model_file} ({ch.recipe}/{ch.preset})"
+            name = ch.model_file or f"sha256 {ch.model_sha256[:12]}"
+            head += f"model {name} ({ch.recipe}/{ch.preset})"
         if ch.model_file and ch.steps is not None:
             head += f", saved to {ch.model_file}" + (
                 " (bioimage.io model package)" if ch.model_file.endswith(".zip") else "")

@@ -650,7 +650,7 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
           preview: str | Path | None = None,
           storage_options: dict | str | None = None,
           shards: str | tuple[int, ...] | None = None,
-          cluster: str | None = None) -> RunReport:
+          cluster: str | None = None, models_kept: bool = True) -> RunReport:
     """Denoise any input with saved models (one for all channels or one per channel).
 
     Planes outside the range a model was trained on are mapped into it and back (see
@@ -659,7 +659,9 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
     continues an interrupted run on the same output (see :func:`train_and_apply`).
     ``preview``: a ``.png`` path for the preview figure, ``storage_options`` those of URLs,
     ``shards`` the output's shards, ``cluster`` batch jobs of workers (see
-    :func:`train_and_apply`).
+    :func:`train_and_apply`). ``models_kept=False``: the model files do not outlive the run
+    (``--share-models`` keeps them in the run folder), so the provenance names each model
+    by its checksum only (``model_file`` null).
     """
     storage_options = check_storage_options(storage_options)
     refuse_unfinished(str(source), storage_options)
@@ -674,7 +676,7 @@ def apply(model: str | Path, source: str | Path, output: str | Path | None = Non
     preview = _check_preview(preview, output, image.source, overwrite)
     models = [model_bytes(p) for p in paths]  # a .zip package: its ONNX weights
     runtimes = [OnnxDenoiser(m, provider="cpu", name=f"'{p}'") for p, m in zip(paths, models)]
-    records = [{"model_sha256": r.sha256, "model_file": str(p),
+    records = [{"model_sha256": r.sha256, "model_file": str(p) if models_kept else None,
                 "recipe": r.metadata.get("recipe"), "preset": r.metadata.get("preset"),
                 "seed": int(r.metadata["seed"]) if r.metadata.get("seed", "").isdigit()
                 else None,

@@ -222,6 +222,8 @@ def test_shared_models_train_once_per_channel(tmp_path):
     for field in ("A/1/0", "A/2/1"):
         channels = read_state(out / field)["channels"]
         assert [c["model_sha256"] for c in channels] == shas
+        # the shared models were in the run folder, removed: named by checksum only
+        assert [c["model_file"] for c in channels] == [None, None]
     planes = report.shared_models[0]["training_planes"]
     assert len({p[0] for p in planes}) == 4  # drawn from every field
     _validate_plate(out, "0.4")
