@@ -48,9 +48,13 @@ def write_timelapse_v04(path: Path, frames: np.ndarray) -> None:
     from ome_zarr.writer import write_image
 
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
-    write_image(frames, root, axes="tyx", fmt=FormatV04(), scale_factors=[2, 4],
-                storage_options={"chunks": (1, 256, 256)}, scale={"t": 30.0, "y": 0.2, "x": 0.2},
-                axes_units={"t": "second", "y": "micrometer", "x": "micrometer"})
+    import dask
+
+    with dask.config.set(scheduler="threads"):  # not any dask client of the process
+        write_image(frames, root, axes="tyx", fmt=FormatV04(), scale_factors=[2, 4],
+                    storage_options={"chunks": (1, 256, 256)},
+                    scale={"t": 30.0, "y": 0.2, "x": 0.2},
+                    axes_units={"t": "second", "y": "micrometer", "x": "micrometer"})
     root.attrs["omero"] = {"channels": [{"label": "FMD", "color": "FFFFFF", "active": True,
                                          "window": {"start": 0, "end": 255, "min": 0,
                                                     "max": 255}}]}

@@ -285,12 +285,14 @@ def _shared_models(opened: list[Image], folder: Path, recipe: str, microscope: s
                 f"training channel {c} on {len(index)} planes of {len(opened)} images"))
             trained += 1
             data = model.to_bytes()
+            trained_config = model.config  # auto: the candidate it chose
             kept = data, {"record": {
                 "channel": c, "model_sha256": hashlib.sha256(data).hexdigest(),
-                "recipe": config.recipe, "preset": config.microscope, "seed": seed,
+                "recipe": trained_config.recipe, "preset": trained_config.microscope,
+                "seed": seed,
                 "training_planes": [[opened[pairs[j][0]].source, pairs[j][1]] for j in index],
-                "steps": config.total_steps, "train_seconds": round(model.seconds, 3),
-                "device": model.device}}
+                "steps": trained_config.total_steps, "train_seconds": round(model.seconds, 3),
+                "device": model.device, "noise": model.noise_record()}}
             keep_model(folder, c, *kept)
         paths.append(folder / f"c{c}.onnx")
         records.append(kept[1]["record"])

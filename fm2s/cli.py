@@ -251,6 +251,8 @@ def format_batch(report) -> str:
         lines.append(f"  shared model, channel {m['channel']}: {m['recipe']}/{m['preset']} "
                      f"trained on {len(m['training_planes'])} plane(s), {m['steps']} steps on "
                      f"{m['device']} in {m['train_seconds']:.1f} s, seed {m['seed']}")
+        if m.get("noise"):
+            lines.append(f"    {m['noise']['decision']}")
     width = max([len("image")] + [len(r.name) for r in report.rows])
     lines.append(f"  {'image':<{width}}  {'result':<8}{'model':<26}{'seconds':>8}  warnings")
     for r in report.rows:

@@ -226,6 +226,11 @@ def test_shared_models_train_once_per_channel(tmp_path):
         assert [c["model_file"] for c in channels] == [None, None]
     planes = report.shared_models[0]["training_planes"]
     assert len({p[0] for p in planes}) == 4  # drawn from every field
+    # the record names what trained (auto: the candidate it chose) and why
+    for m in report.shared_models:
+        chosen = m["noise"]["chosen_name"]  # "measured" trains as microscope auto
+        assert m["preset"] == (chosen if chosen != "measured" else "auto")
+        assert f"chose {chosen}" in m["noise"]["decision"]
     _validate_plate(out, "0.4")
     assert not (out / ".fm2s-run").exists()
 
