@@ -122,6 +122,11 @@ class SelectionConfig:
         if self.alpha <= 0 or self.draws < 1 or self.max_planes < 1:
             raise ValueError("alpha must be > 0, draws and max_planes >= 1")
 
+    def masks(self, noise: ScoreNoise) -> bool:
+        """Whether candidates are scored on masked pixels for ``noise`` (``masked``, white
+        noise); else by recorruption."""
+        return self.score == "masked" and noise.width == 0
+
     def screening(self, config: TrainConfig) -> TrainConfig:
         """The cheaper run of ``config`` that the comparison trains."""
         if config.crop:
@@ -151,16 +156,11 @@ class Selection:
     candidates: tuple[Candidate, ...]
     chosen: int
     noise: ScoreNoise | None = None
-    score: str = "recorruption"
+    masked: bool = False
 
     @property
     def winner(self) -> Candidate:
         return self.candidates[self.chosen]
-
-    @property
-    def masked(self) -> bool:
-        """Whether the masked score ranked the candidates (``masked``, white noise)."""
-        return self.score == "masked" and (self.noise is None or self.noise.width == 0)
 
     def _drawn(self) -> str:
         if self.masked:
@@ -314,7 +314,7 @@ def select(planes: np.ndarray, config: TrainConfig, estimate: NoiseEstimate,
         results.append(Candidate(name, full, short,
                                  score(net, scored, drawn, full, selection)))
     return Selection(tuple(results), winner_of([c.score for c in results]), drawn,
-                     selection.score)
+                     selection.masks(drawn))
 
 
 #: scores within this relative distance of the lowest are a tie, won by the first candidate
@@ -335,7 +335,7 @@ def score(net: FM2SNet, scored: np.ndarray, estimate: NoiseEstimate | ScoreNoise
     :func:`masked_score`) with the draws of ``config.seed`` (the same draws for every
     candidate of a run)."""
     rng = np.random.default_rng([config.seed, 7])
-    if selection.score == "masked" and ScoreNoise.of(estimate).width == 0:
+    if selection.masks(ScoreNoise.of(estimate)):
         return masked_score(net, scored, config.views, selection, rng)
     return recorruption_score(net, scored, estimate, config.views, selection, rng)
 
@@ -359,11 +359,12 @@ def masked_score(net: FM2SNet, planes: np.ndarray, views: int, selection: Select
     total, count = 0.0, 0
     for plane in planes:
         y = plane.astype(np.float64)
+        fill = ndimage.convolve(y, _NEIGHBOURS, mode="reflect")  # every offset's fill
         offsets = rng.choice(spacing * spacing, min(selection.draws, spacing * spacing),
                              replace=False)
         for offset in offsets:
             predicted, centre = masked_predictions(denoiser, y, divmod(int(offset), spacing),
-                                                   spacing)
+                                                   spacing, fill)
             diff = predicted - y[centre]
             total += float(np.sum(diff * diff))
             count += diff.size
@@ -371,13 +372,16 @@ def masked_score(net: FM2SNet, planes: np.ndarray, views: int, selection: Select
 
 
 def masked_predictions(denoiser: Callable[[torch.Tensor], torch.Tensor], plane: np.ndarray,
-                       offset: tuple[int, int], spacing: int) -> tuple[np.ndarray, np.ndarray]:
+                       offset: tuple[int, int], spacing: int, fill: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """The network's output at the pixels of one mask grid (``offset``: its first row and
-    column), run on ``plane`` with those pixels replaced by their 8 neighbours' mean; and
-    the grid as a boolean mask."""
+    column), run on ``plane`` with those pixels replaced by their 8 neighbours' mean
+    (``fill``, computed here if not given); and the grid as a boolean mask."""
+    if fill is None:
+        fill = ndimage.convolve(plane, _NEIGHBOURS, mode="reflect")
     centre = np.zeros(plane.shape, dtype=bool)
     centre[offset[0]::spacing, offset[1]::spacing] = True
-    masked = np.where(centre, ndimage.convolve(plane, _NEIGHBOURS, mode="reflect"), plane)
+    masked = np.where(centre, fill, plane)
     with torch.no_grad():
         out = denoiser(torch.from_numpy(masked.astype(np.float32))[None, None])
     return out[0, 0].numpy().astype(np.float64)[centre], centre
