@@ -235,6 +235,26 @@ def jobqueue_cluster(cluster: str, jobs: int):
     return queue
 
 
+def _default_client():
+    """The distributed client dask would use by default, or None."""
+    from distributed import Client
+
+    try:
+        return Client.current(allow_global=True)
+    except ValueError:
+        return None
+
+
+def _close_failed_client(before) -> None:
+    """Close the client a failed connection left behind. distributed registers a client as
+    the default before it connects, and one that fails to (a ``tls://`` address without
+    TLS settings) stays registered, ``connecting``, for the rest of the process; anything
+    that then asks for the default client (a notebook's next dask computation) gets it."""
+    left = _default_client()
+    if left is not None and left is not before and left.status != "running":
+        left.close()
+
+
 @contextmanager
 def default_scheduler_kept() -> Iterator[None]:
     """Dask's default scheduler as it was before, afterwards: a distributed client makes
@@ -289,9 +309,11 @@ def _runner(scheduler: str | None = None, workers: int | None = None,
     except ImportError:  # pragma: no cover - a dependency
         raise FM2SError("dask.distributed is not installed: pip install distributed") from None
     if scheduler:
+        before = _default_client()
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT)
         except Exception as exc:  # distributed raises OSError, TimeoutError, TypeError, ...
+            _close_failed_client(before)
             raise ParameterError("scheduler", scheduler, _unreachable(exc)) from None
         try:
             yield Runner(client)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -330,3 +331,20 @@ def s3(tmp_path_factory):
 _AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
                   "AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
                   "AWS_PROFILE", "AWS_SESSION_TOKEN")
+
+
+
+@pytest.fixture(autouse=True)
+def _no_dask_client_left():
+    """No test leaves a distributed client as dask's default: one left behind takes (or
+    breaks) every later dask computation of the process, other tests' included."""
+    yield
+    if "distributed" not in sys.modules:
+        return
+    from distributed import Client
+
+    try:
+        client = Client.current(allow_global=True)
+    except ValueError:
+        return
+    pytest.fail(f"the test left a dask client ({client.status}) as dask's default client")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import dask
+import dask.array as da
 import numpy as np
 import pytest
 import tifffile
@@ -223,6 +224,26 @@ def test_tls_scheduler_without_tls_settings_is_one_line(tmp_path, volume, quick_
                                "scheduler there")
     assert "TLS" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.ome.zarr"]
+
+
+def test_a_failed_connection_leaves_no_default_client():
+    """distributed registers a client as dask's default before connecting; one that fails
+    (TLS without settings) stayed registered, 'connecting', for the rest of the process:
+    ``distributed.get_client()`` returned it, and a computation sent to it (a notebook's
+    ``compute(scheduler="dask.distributed")``) waited for ever."""
+    from distributed import Client, get_client
+
+    from fm2s.cluster import runner as cluster_runner
+
+    with pytest.raises(ParameterError, match="TLS"):
+        with cluster_runner(scheduler="tls://127.0.0.1:9"):
+            pass
+    with pytest.raises(ValueError):
+        Client.current(allow_global=True)
+    with pytest.raises(ValueError):
+        get_client()
+    assert dask.config.get("scheduler", None) is None
+    assert float(da.ones(4, chunks=2).sum().compute()) == 4.0
 
 
 def test_an_unreachable_scheduler_is_found_before_training(tmp_path, volume, monkeypatch):
