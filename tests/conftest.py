@@ -333,7 +333,6 @@ _AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REG
                   "AWS_PROFILE", "AWS_SESSION_TOKEN")
 
 
-
 @pytest.fixture(autouse=True)
 def _no_dask_client_left():
     """No test leaves a distributed client as dask's default: one left behind takes (or
@@ -341,10 +340,8 @@ def _no_dask_client_left():
     yield
     if "distributed" not in sys.modules:
         return
-    from distributed import Client
+    from fm2s.cluster import _default_client
 
-    try:
-        client = Client.current(allow_global=True)
-    except ValueError:
-        return
-    pytest.fail(f"the test left a dask client ({client.status}) as dask's default client")
+    client = _default_client()
+    if client is not None:
+        pytest.fail(f"the test left a dask client ({client.status}) as dask's default client")
